@@ -1,0 +1,230 @@
+"""Monte Carlo gradient estimators as surrogate functions with one shared signature.
+
+Every estimator is ``surrogate(problem, theta, n_samples) -> Tensor[n_samples, *theta.shape]``: a per-sample
+surrogate whose gradient w.r.t. ``theta``, averaged over the sample dimension, *is* the estimate. ``theta``
+holds one independent copy of θ per replicate, so one backward pass yields all M replicate estimates at once
+(see ``estimate``). Estimators know nothing about files, sweeps or timing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Chi2, Normal, Uniform, Weibull
+
+from .problems import Problem
+
+Surrogate = Callable[[Problem, Tensor, int], Tensor]
+
+
+class EstimatorError(ValueError):
+    """An unknown estimator or an invalid estimation request; the message says what is allowed."""
+
+
+def naive(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
+    """ĝ = ∂_θ f_θ(x) with x from ``.sample()``: what ``torch.normal(mean=θ)`` + ``.backward()`` gives."""
+    x = problem.distribution(theta).sample((n_samples,))
+    return problem.cost(x, theta)
+
+
+def score_function(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
+    """ĝ = f_θ(x) ∂_θ log p_θ(x) + ∂_θ f_θ(x)   (REINFORCE / likelihood ratio)."""
+    dist = problem.distribution(theta)
+    x = dist.sample((n_samples,))
+    f = problem.cost(x, theta)
+    return f.detach() * dist.log_prob(x) + f
+
+
+def leave_one_out_baseline(f: Tensor) -> Tensor:
+    """b_n = mean of f over the other N − 1 samples of the same estimate (dimension 0)."""
+    n = f.shape[0]
+    return (f.sum(dim=0, keepdim=True) - f) / (n - 1)
+
+
+def score_function_loo(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
+    """ĝ = (f_θ(x_n) − b_n) ∂_θ log p_θ(x_n) + ∂_θ f_θ(x_n), b_n the leave-one-out mean (RLOO)."""
+    dist = problem.distribution(theta)
+    x = dist.sample((n_samples,))
+    f = problem.cost(x, theta)
+    # b_n uses only the other samples, so E[b_n ∂ log p(x_n)] = 0 and the estimator stays unbiased.
+    baseline = leave_one_out_baseline(f.detach())
+    return (f.detach() - baseline) * dist.log_prob(x) + f
+
+
+def pathwise(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
+    """ĝ = ∂_θ f_θ(g_θ(ε)), x = g_θ(ε) from ``.rsample()`` (reparameterisation)."""
+    x = problem.distribution(theta).rsample((n_samples,))
+    return problem.cost(x, theta)
+
+
+def _double_sided_maxwell(shape: torch.Size, like: Tensor) -> Tensor:
+    # |M| is chi-distributed with 3 degrees of freedom; the sign is a fair coin.
+    magnitude = Chi2(torch.tensor(3.0, dtype=like.dtype, device=like.device)).sample(shape).sqrt()
+    sign = torch.randint(0, 2, shape, device=like.device).to(like.dtype) * 2 - 1
+    return sign * magnitude
+
+
+def measure_valued(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
+    """ĝ = c (f(x⁺) − f(x⁻)) per Gaussian parameter θ enters, + ∂_θ f_θ(x): coupled weak derivatives.
+
+    Mohamed et al. (2020) §6. For the mean, x± = μ ± σW with one Weibull(√2, 2) draw W shared by both sides
+    and c = 1/(σ√(2π)). For the scale, x⁺ = μ + σM with M double-sided Maxwell and x⁻ = μ + σMU with
+    U ~ Uniform(0, 1) (MU is standard normal, which couples the pair), c = 1/σ. Each parameter costs two
+    cost evaluations per sample.
+    """
+    dist = problem.distribution(theta)
+    shape = torch.Size((n_samples,)) + dist.batch_shape
+    loc, scale = dist.loc, dist.scale
+    mu, sigma, theta_const = loc.detach(), scale.detach(), theta.detach()
+    surrogate = torch.zeros(shape, dtype=theta.dtype, device=theta.device)
+    if loc.requires_grad:
+        weibull = Weibull(theta.new_tensor(math.sqrt(2.0)), theta.new_tensor(2.0)).sample(shape)
+        weight = problem.cost(mu + sigma * weibull, theta_const) - problem.cost(mu - sigma * weibull, theta_const)
+        surrogate = surrogate + weight / (sigma * math.sqrt(2.0 * math.pi)) * loc
+    if scale.requires_grad:
+        maxwell = _double_sided_maxwell(shape, theta)
+        uniform = Uniform(theta.new_tensor(0.0), theta.new_tensor(1.0)).sample(shape)
+        weight = problem.cost(mu + sigma * maxwell, theta_const) - problem.cost(
+            mu + sigma * maxwell * uniform, theta_const
+        )
+        surrogate = surrogate + weight / sigma * scale
+    if problem.cost_depends_on_theta:
+        surrogate = surrogate + problem.cost(dist.sample((n_samples,)), theta)
+    return surrogate
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Applicability and cost accounting.
+
+
+def _needs_two_samples(problem: Problem, n_samples: int) -> str | None:
+    if n_samples < 2:
+        return "the leave-one-out baseline needs N >= 2 samples per estimate"
+    return None
+
+
+def _needs_rsample(problem: Problem, n_samples: int) -> str | None:
+    if not problem.cost_is_differentiable:
+        return "the cost is not differentiable in x"
+    probe = problem.distribution(torch.full((1,), problem.valid_theta()))
+    if not probe.has_rsample:
+        return f"{type(probe).__name__} has no reparameterised sampler (rsample)"
+    return None
+
+
+def _needs_gaussian(problem: Problem, n_samples: int) -> str | None:
+    probe = problem.distribution(torch.full((1,), problem.valid_theta()))
+    if not isinstance(probe, Normal):
+        return f"the measure-valued estimator is implemented for Gaussians only, not {type(probe).__name__}"
+    return None
+
+
+def _always(problem: Problem, n_samples: int) -> str | None:
+    return None
+
+
+def _one_evaluation(problem: Problem) -> int:
+    return 1
+
+
+def _measure_valued_evaluations(problem: Problem) -> int:
+    probe_theta = torch.full((1,), problem.valid_theta(), requires_grad=True)
+    dist = problem.distribution(probe_theta)
+    pairs = int(dist.loc.requires_grad) + int(dist.scale.requires_grad)
+    return 2 * pairs + int(problem.cost_depends_on_theta)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: str
+    surrogate: Surrogate
+    summary: str
+    # Returns why the estimator does not apply to (problem, N), or None when it does.
+    skip_reason: Callable[[Problem, int], str | None] = _always
+    # Cost evaluations per sample: what throughput numbers should be read against.
+    cost_evaluations: Callable[[Problem], int] = _one_evaluation
+
+    def unbiased_for(self, problem: Problem) -> bool:
+        """Whether theory says this estimator is unbiased on ``problem`` (the suite measures it anyway)."""
+        if self.name == "naive":
+            return not problem.distribution_depends_on_theta
+        return True
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    e.name: e
+    for e in (
+        Estimator("naive", naive, "∂f with x from .sample(): drops E[f ∂log p]; biased when p depends on θ"),
+        Estimator("score_function", score_function, "f ∂log p + ∂f (REINFORCE); unbiased, often noisy"),
+        Estimator(
+            "score_function_loo",
+            score_function_loo,
+            "(f − leave-one-out mean) ∂log p + ∂f (RLOO); unbiased, needs N >= 2",
+            skip_reason=_needs_two_samples,
+        ),
+        Estimator(
+            "pathwise",
+            pathwise,
+            "∂f(g_θ(ε)) via rsample (reparameterisation); unbiased, needs f differentiable in x",
+            skip_reason=_needs_rsample,
+        ),
+        Estimator(
+            "measure_valued",
+            measure_valued,
+            "coupled weak derivatives (Weibull pair for μ, Maxwell/Gaussian for σ); 2 cost evals per parameter",
+            skip_reason=_needs_gaussian,
+            cost_evaluations=_measure_valued_evaluations,
+        ),
+    )
+}
+
+
+def get_estimator(name: str) -> Estimator:
+    try:
+        return ESTIMATORS[name]
+    except KeyError:
+        raise EstimatorError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}") from None
+
+
+def estimate(
+    estimator: Estimator,
+    problem: Problem,
+    theta: float,
+    n_samples: int,
+    n_replicates: int,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    max_samples_per_chunk: int = 1 << 22,
+) -> Tensor:
+    """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples.
+
+    Replicates are independent copies of θ in a batch dimension, so one backward pass per chunk gives all of
+    them; chunks (sized so a chunk holds at most ``max_samples_per_chunk`` samples) bound memory.
+    Draws from torch's global generator on ``device``: seed it for reproducible numbers.
+    """
+    if n_samples < 1:
+        raise EstimatorError(f"n_samples must be >= 1, got {n_samples}")
+    if n_replicates < 1:
+        raise EstimatorError(f"n_replicates must be >= 1, got {n_replicates}")
+    reason = estimator.skip_reason(problem, n_samples)
+    if reason is not None:
+        raise EstimatorError(f"{estimator.name} does not apply to {problem.label} at N={n_samples}: {reason}")
+    problem.check_theta(theta)
+    chunk = max(1, min(n_replicates, max_samples_per_chunk // n_samples))
+    pieces = []
+    for start in range(0, n_replicates, chunk):
+        size = min(chunk, n_replicates - start)
+        theta_batch = torch.full((size,), float(theta), dtype=dtype, device=device, requires_grad=True)
+        surrogate = estimator.surrogate(problem, theta_batch, n_samples)
+        if surrogate.requires_grad:
+            (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)
+        else:
+            grad = None
+        # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
+        pieces.append(torch.zeros_like(theta_batch) if grad is None else grad / n_samples)
+    return torch.cat(pieces).detach()
