@@ -1,0 +1,1 @@
+"""varbench's harness: grids, measurement, tables, plots, reports and the command line."""

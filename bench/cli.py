@@ -1,0 +1,181 @@
+"""``varbench`` command line: run a sweep, re-render a report, list problems and estimators."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from estimators import ESTIMATORS, PROBLEM_FAMILIES, EstimatorError, ProblemError
+
+from .environment import DeviceError
+from .grid import DTYPES, PRESETS, GridError, Sweep, expand, preset
+from .table import TableError
+
+USER_ERRORS = (ProblemError, EstimatorError, GridError, DeviceError, TableError)
+
+
+class UsageError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise UsageError(f"{message} (see `varbench {self.prog.split()[-1]} --help`)")
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise UsageError(f"{what} must be a comma-separated list of numbers, got {item!r}") from None
+    return tuple(values)
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(int(item.strip()))
+        except ValueError:
+            raise UsageError(f"{what} must be a comma-separated list of integers, got {item.strip()!r}") from None
+    return tuple(values)
+
+
+def _params(assignments: list[str]) -> dict[str, tuple[float, ...]]:
+    params: dict[str, tuple[float, ...]] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes NAME=VALUE[,VALUE…], got {assignment!r}")
+        params[key.strip()] = _floats(value, f"--set {key.strip()}")
+    return params
+
+
+def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
+    devices = tuple(d.strip() for d in args.device.split(","))
+    if args.preset:
+        explicit = [flag for flag in ("problem", "theta", "n", "estimator", "wrt") if getattr(args, flag) is not None]
+        if explicit or args.set:
+            raise UsageError(f"--preset fixes the grid; drop --{(explicit or ['set'])[0]} or drop --preset")
+        sweeps = preset(args.preset, devices)
+        replicates = _replicates(args.replicates)
+        return [Sweep(**{**s.__dict__, "replicates": replicates, "dtype": args.dtype}) for s in sweeps]
+    if not args.problem:
+        raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
+    estimators = tuple(ESTIMATORS) if args.estimator in (None, "all") else tuple(
+        e.strip() for e in args.estimator.split(",")
+    )
+    return [
+        Sweep(
+            problem=problem.strip(),
+            thetas=_floats(args.theta or "1", "--theta"),
+            estimators=estimators,
+            n_samples=_ints(args.n or "1,10,100,1000", "--n"),
+            devices=devices,
+            wrt=args.wrt,
+            params=_params(args.set),
+            dtype=args.dtype,
+            replicates=_replicates(args.replicates),
+        )
+        for problem in args.problem.split(",")
+    ]
+
+
+def _replicates(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--replicates must be 'auto' or an integer, got {text!r}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import report, sweep  # heavy imports only when needed
+
+    cells = expand(_sweeps_from_args(args))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    try:
+        outcome = sweep.run_cells(cells, out, args.seed, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\nvarbench: interrupted; finished cells are saved in {out}/table.csv. "
+              "Run the same command again to resume.", file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"varbench: {outcome.measured} cells measured, {outcome.already_done} already in {outcome.table}, "
+          f"{outcome.errors} failed")  # fmt: skip
+    if not args.no_report:
+        print(f"varbench: report written to {report.write_report(out)}")
+    if outcome.errors:
+        print(f"varbench: {outcome.errors} cells failed (see the 'note' column); re-run to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+
+    print(f"varbench: report written to {report.write_report(Path(args.dir))}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    print("problems (--problem; --wrt; --set NAME=VALUE):")
+    for family in PROBLEM_FAMILIES.values():
+        params = ", ".join(f"{k}={v:g}" for k, v in family.defaults.items()) or "none"
+        print(f"  {family.name:20s} {family.summary}")
+        print(f"  {'':20s} wrt: {'|'.join(family.wrt_choices)}; parameters (defaults): {params}")
+    print("estimators (--estimator):")
+    for estimator in ESTIMATORS.values():
+        print(f"  {estimator.name:20s} {estimator.summary}")
+    print(f"presets (--preset): {', '.join(PRESETS)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="varbench", description="Benchmark Monte Carlo gradient estimators against exact gradients.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a sweep and write table.csv, plots and report.md to --out")
+    run.add_argument("--preset", choices=PRESETS, help="a named grid (default: make bench; quick: make quick)")
+    run.add_argument("--problem", help="problem name(s), comma-separated (see `varbench list`)")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
+                     help="problem parameter, e.g. --set k=-3 (several values sweep it); repeatable")  # fmt: skip
+    run.add_argument("--wrt", help="parameter θ stands for (mu or sigma for the Gaussian costs)")
+    run.add_argument("--theta", help="θ values, e.g. 0,1,3 (for a leading minus write --theta=-1,2); default 1")
+    run.add_argument("--estimator", help="estimator name(s), comma-separated, or all (default)")
+    run.add_argument("--n", help="samples per estimate, e.g. 1,10,100,1000 (the default)")
+    run.add_argument("--replicates", default="auto", help="estimates per cell, or auto (5%% relative s.e. of the variance)")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated, or auto (= all available)")
+    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    run.add_argument("--seed", type=int, default=0, help="base seed; each cell's seed is a hash of it and the cell")
+    run.add_argument("--out", default="results/latest", help="results folder (re-running into it resumes)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-report", action="store_true", help="write the table only")
+    run.set_defaults(handler=_run)
+
+    rep = commands.add_parser("report", help="re-render plots and report.md from DIR/table.csv")
+    rep.add_argument("dir", help="results folder holding table.csv")
+    rep.set_defaults(handler=_report)
+
+    lst = commands.add_parser("list", help="list problems, estimators and presets")
+    lst.set_defaults(handler=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except (UsageError, *USER_ERRORS) as error:
+        print(f"varbench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

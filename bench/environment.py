@@ -1,0 +1,118 @@
+"""What machine and code produced a number: device names, versions, threads, git sha."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+class DeviceError(ValueError):
+    """An unknown or unavailable device; the message says which are allowed here."""
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    return devices
+
+
+def resolve_devices(spec: str) -> list[str]:
+    """Parse ``cpu,cuda`` / ``auto`` into validated device strings (``auto`` = every available device)."""
+    names = [d.strip() for d in spec.split(",") if d.strip()]
+    if not names:
+        raise DeviceError("no device given; allowed: cpu, cuda, cuda:N, auto")
+    resolved: list[str] = []
+    for name in names:
+        if name == "auto":
+            resolved.extend(available_devices())
+            continue
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise DeviceError(f"unknown device {name!r}; allowed: cpu, cuda, cuda:N, auto") from None
+        if device.type == "cpu":
+            resolved.append("cpu")
+        elif device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise DeviceError(
+                    f"device {name!r} is not available on this machine (torch {torch.__version__} sees no CUDA "
+                    f"GPU); available: {', '.join(available_devices())} (or use --device auto)"
+                )
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise DeviceError(
+                    f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+                )
+            resolved.append(name)
+        else:
+            raise DeviceError(f"unsupported device {name!r}; allowed: cpu, cuda, cuda:N, auto")
+    return list(dict.fromkeys(resolved))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name()
+
+
+@functools.lru_cache(maxsize=None)
+def git_sha() -> str:
+    """Commit of the varbench checkout, with '-dirty' when it has uncommitted changes; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=_REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(torch.device(device))
+
+
+def describe() -> dict[str, str]:
+    """The environment section of a report."""
+    info = {
+        "cpu": cpu_name(),
+        "cpu cores (os)": str(__import__("os").cpu_count()),
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "git sha": git_sha(),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        info["cuda"] = str(torch.version.cuda)
+    else:
+        info["gpus"] = "none visible to torch"
+    return info

@@ -1,0 +1,133 @@
+"""Measure one cell: replicate estimates -> bias and variance statistics, plus a warmed-up timing."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from torch.utils import benchmark
+
+from estimators import estimate, get_estimator
+
+from . import environment
+from .grid import DTYPES, Cell
+from .statistics import kurtosis, replicates_for_relative_se, summarize
+from .table import COLUMNS
+
+PILOT_REPLICATES = 400
+AUTO_MIN_REPLICATES = 800  # Gaussian estimates: 5% relative s.e. of the variance needs M ≈ 800
+AUTO_MAX_REPLICATES = 20_000
+MAX_SAMPLES_PER_CELL = 1 << 24  # caps M·N for auto replicates; the achieved precision is in grad_var_rel_se
+TIMING_SAMPLES = 1 << 20  # a timed call holds about this many samples (at least one estimate)
+TIMING_MIN_RUN_TIME = 0.05
+
+
+def _base_row(cell: Cell, base_seed: int, started_at: str) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(
+        cell_id=cell.cell_id,
+        note="",
+        problem=cell.problem,
+        problem_params=cell.params_json,
+        wrt=cell.wrt,
+        theta=float(cell.theta),
+        estimator=cell.estimator,
+        device=cell.device,
+        device_name=environment.device_name(cell.device),
+        dtype=cell.dtype,
+        n_samples=cell.n_samples,
+        replicates_rule="auto" if cell.replicates is None else "fixed",
+        seed=cell.seed(base_seed),
+        base_seed=base_seed,
+        torch_version=torch.__version__,
+        num_threads=torch.get_num_threads(),
+        git_sha=environment.git_sha(),
+        hostname=socket.gethostname(),
+        started_at=started_at,
+    )
+    return row
+
+
+def choose_replicates(pilot: np.ndarray, n_samples: int) -> int:
+    """M for a 5% relative s.e. of the variance given the pilot's kurtosis, within [800, 20000] and M·N <= 2^24."""
+    wanted = replicates_for_relative_se(kurtosis(pilot[np.isfinite(pilot)]))
+    wanted = min(max(wanted, AUTO_MIN_REPLICATES), AUTO_MAX_REPLICATES)
+    return max(min(wanted, MAX_SAMPLES_PER_CELL // n_samples), 100)
+
+
+def time_estimates(run, device: str) -> tuple[float, int]:
+    """Median seconds of ``run()`` over repeated blocks after a warm-up (torch.utils.benchmark synchronises CUDA)."""
+    run()  # warm-up: allocator, kernels, lazy initialisation
+    environment.synchronize(device)
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=TIMING_MIN_RUN_TIME)
+    return float(measurement.median), len(measurement.times)
+
+
+def measure_cell(cell: Cell, base_seed: int) -> dict:
+    """Measure one cell and return its table row (status ok or skipped); raises on errors."""
+    started = time.perf_counter()
+    row = _base_row(cell, base_seed, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    problem = cell.build_problem()
+    estimator = get_estimator(cell.estimator)
+    row["cost_evals_per_sample"] = estimator.cost_evaluations(problem)
+    row["true_grad"] = problem.gradient(cell.theta)
+    row["expected_unbiased"] = estimator.unbiased_for(problem)
+    reason = estimator.skip_reason(problem, cell.n_samples)
+    if reason is not None:
+        row.update(status="skipped", note=reason, elapsed_s=time.perf_counter() - started)
+        return row
+
+    def draw(replicates: int) -> torch.Tensor:
+        return estimate(estimator, problem, cell.theta, cell.n_samples, replicates,
+                        device=cell.device, dtype=DTYPES[cell.dtype])  # fmt: skip
+
+    seed = row["seed"]
+    if cell.replicates is None:
+        torch.manual_seed(seed ^ 0x5EED)  # the pilot uses its own stream, so M does not select the data
+        replicates = choose_replicates(draw(PILOT_REPLICATES).double().cpu().numpy(), cell.n_samples)
+    else:
+        replicates = cell.replicates
+    torch.manual_seed(seed)
+    estimates = draw(replicates).double().cpu().numpy()
+    finite = estimates[np.isfinite(estimates)]
+    row["n_replicates"] = replicates
+    row["n_nonfinite"] = int(estimates.size - finite.size)
+    if finite.size < 5:
+        raise FloatingPointError(f"only {finite.size} of {estimates.size} estimates are finite")
+    if finite.size < estimates.size:
+        row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
+    summary = summarize(finite, row["true_grad"])
+
+    timing_replicates = min(replicates, max(1, TIMING_SAMPLES // cell.n_samples))
+    seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
+    seconds_per_estimate = seconds / timing_replicates
+    row.update(
+        status="ok",
+        grad_mean=summary.mean,
+        bias=summary.bias,
+        bias_se=summary.bias_se,
+        bias_z=summary.bias_z,
+        bias_p_value=summary.bias_p_value,
+        biased=summary.biased,
+        grad_var=summary.var,
+        grad_var_ci_low=summary.var_ci_low,
+        grad_var_ci_high=summary.var_ci_high,
+        grad_var_rel_se=summary.var_rel_se,
+        kurtosis=summary.kurtosis,
+        per_sample_var=summary.var * cell.n_samples,
+        mse=summary.mse,
+        seconds_per_estimate=seconds_per_estimate,
+        samples_per_second=cell.n_samples / seconds_per_estimate,
+        work_normalized_var=summary.var * seconds_per_estimate,
+        timing_replicates=timing_replicates,
+        timing_runs=runs,
+        elapsed_s=time.perf_counter() - started,
+    )
+    if not math.isfinite(row["bias_z"]):
+        row["note"] = (row["note"] + "; " if row["note"] else "") + "estimates are constant"
+    return row

@@ -1,0 +1,132 @@
+"""Comparison plots from a results table (PNG). Every estimator keeps one colour across all figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are rendered headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from estimators import ESTIMATORS  # noqa: E402
+
+Z95 = 1.959963984540054
+_PALETTE = dict(zip(ESTIMATORS, sns.color_palette("colorblind", len(ESTIMATORS))))
+
+
+def _colour(estimator: str):
+    return _PALETTE.get(estimator, (0.3, 0.3, 0.3))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    # Zero variance (e.g. naive autograd when θ only enters p: it returns 0 every time) has no log position.
+    return frame[frame[column] > 0]
+
+
+def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
+    """Variance of the N-sample estimate vs N (log–log) with 95% intervals, one panel per θ; dashed: ∝ 1/N."""
+    thetas = sorted(group["theta"].unique())
+    fig, axes = plt.subplots(1, len(thetas), figsize=(4.2 * len(thetas) + 1, 3.8), squeeze=False, sharey=True)
+    for ax, theta in zip(axes[0], thetas):
+        at_theta = _positive(group[group["theta"] == theta], "grad_var")
+        for estimator, rows in at_theta.groupby("estimator", sort=False):
+            rows = rows.sort_values("n_samples")
+            err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
+            ax.errorbar(rows["n_samples"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3,
+                        color=_colour(estimator), label=estimator)  # fmt: skip
+            first = rows.iloc[0]
+            ns = rows["n_samples"].to_numpy(dtype=float)
+            ax.plot(ns, first["grad_var"] * first["n_samples"] / ns, ls=":", lw=1, color=_colour(estimator))
+        ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)", title=f"θ = {theta:g}")
+    axes[0][0].set_ylabel("variance of the estimate")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], ls=":", color="grey"))
+    labels.append("∝ 1/N from N_min")
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(f"{title}: variance vs N", fontsize=10)
+    fig.subplots_adjust(right=0.8)
+    return _save(fig, path)
+
+
+def variance_vs_theta(group: pd.DataFrame, title: str, path: Path) -> Path:
+    """Per-sample variance vs θ at the largest N, with 95% intervals."""
+    n_max = group["n_samples"].max()
+    rows_all = _positive(group[group["n_samples"] == n_max], "per_sample_var")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for estimator, rows in rows_all.groupby("estimator", sort=False):
+        rows = rows.sort_values("theta")
+        err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
+        ax.errorbar(rows["theta"], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
+                    color=_colour(estimator), label=estimator)  # fmt: skip
+    ax.set(yscale="log", xlabel="θ", ylabel=f"per-sample variance (N = {n_max})")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: variance vs θ", fontsize=10)
+    return _save(fig, path)
+
+
+def bias(group: pd.DataFrame, title: str, path: Path) -> Path:
+    """Bias at the largest N with its 95% interval; biased cells are drawn red and labelled."""
+    n_max = group["n_samples"].max()
+    rows = group[group["n_samples"] == n_max].sort_values(["theta", "estimator"])
+    thetas = sorted(rows["theta"].unique())
+    fig, axes = plt.subplots(1, len(thetas), figsize=(3.6 * len(thetas) + 0.8, 3.8), squeeze=False)
+    for ax, theta in zip(axes[0], thetas):
+        at_theta = rows[rows["theta"] == theta].reset_index(drop=True)
+        for i, row in at_theta.iterrows():
+            colour = "tab:red" if row["biased"] else _colour(row["estimator"])
+            ax.errorbar(i, row["bias"], yerr=Z95 * row["bias_se"], marker="o", capsize=4, color=colour)
+            if row["biased"]:
+                ax.annotate("BIASED", (i, row["bias"]), textcoords="offset points", xytext=(5, 5),
+                            color="tab:red", fontsize=8, weight="bold")  # fmt: skip
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(at_theta)), at_theta["estimator"], rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"θ = {theta:g}", fontsize=9)
+    axes[0][0].set_ylabel(f"bias = mean − exact (N = {n_max}), 95% CI")
+    fig.suptitle(f"{title}: bias", fontsize=10)
+    return _save(fig, path)
+
+
+def throughput(group: pd.DataFrame, title: str, path: Path) -> Path:
+    """Samples per second vs N (log–log), median over θ."""
+    rows_all = group.groupby(["estimator", "n_samples"], sort=False)["samples_per_second"].median().reset_index()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for estimator, rows in rows_all.groupby("estimator", sort=False):
+        rows = rows.sort_values("n_samples")
+        ax.plot(rows["n_samples"], rows["samples_per_second"], marker="o", color=_colour(estimator), label=estimator)
+    ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)", ylabel="samples / second")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: throughput (vectorised over replicates)", fontsize=10)
+    return _save(fig, path)
+
+
+def variance_vs_parameter(group: pd.DataFrame, parameter: str, title: str, path: Path) -> Path:
+    """Per-sample variance vs a problem parameter (e.g. k of Mohamed et al. Fig. 2) at the largest N."""
+    n_max = group["n_samples"].max()
+    rows_all = _positive(group[group["n_samples"] == n_max], "per_sample_var")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for estimator, rows in rows_all.groupby("estimator", sort=False):
+        rows = rows.sort_values(parameter)
+        err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
+        ax.errorbar(rows[parameter], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
+                    color=_colour(estimator), label=estimator)  # fmt: skip
+    ax.set(yscale="log", xlabel=parameter, ylabel=f"per-sample variance (N = {n_max})")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: variance vs {parameter}", fontsize=10)
+    return _save(fig, path)
+
+
+def is_blank(path: Path) -> bool:
+    """True when a PNG has a single colour (nothing was drawn)."""
+    image = plt.imread(path)
+    return bool(np.ptp(image[..., :3]) == 0)

@@ -1,0 +1,224 @@
+"""Render ``report.md`` and its PNG plots from a results table, without re-running anything."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from estimators import ESTIMATORS, ProblemError, make_problem
+
+from . import environment, plots
+from .table import TABLE_NAME, latest_rows, load_table
+
+INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.{digits}g}"
+
+
+def _slug(*parts: object) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(str(p) for p in parts)).strip("_")
+
+
+def _title(problem: str, params_json: str, wrt: str) -> str:
+    params = json.loads(params_json) if params_json else {}
+    inner = ", ".join(f"{k}={v:g}" for k, v in sorted(params.items()))
+    return f"{problem}({inner}) wrt {wrt}"
+
+
+def _formula(problem: str, params_json: str, wrt: str) -> str:
+    try:
+        return make_problem(problem, wrt, json.loads(params_json)).gradient_formula
+    except (ProblemError, ValueError):
+        return "(problem not known to this version of varbench)"
+
+
+def _verdict(row: pd.Series) -> str:
+    if row["biased"]:
+        flag = "**BIASED**"
+        if row["expected_unbiased"]:
+            flag += " (theory says unbiased: investigate)"
+        return flag
+    return "unbiased" if row["expected_unbiased"] else "not measurably biased here"
+
+
+def _ranked(rows: pd.DataFrame) -> pd.DataFrame:
+    """Unbiased estimators by work-normalised variance, then the biased ones (which have no rank)."""
+    fair = rows[~rows["biased"].astype(bool)].sort_values("work_normalized_var")
+    fair = fair.assign(rank=range(1, len(fair) + 1))
+    unfair = rows[rows["biased"].astype(bool)].assign(rank=None)
+    return pd.concat([fair, unfair])
+
+
+def ranking_table(rows: pd.DataFrame) -> list[str]:
+    """One θ at one N: a Markdown table of estimators ranked by work-normalised variance."""
+    ranked = _ranked(rows)
+    best = ranked["work_normalized_var"].iloc[0] if ranked["rank"].notna().any() else math.nan
+    lines = [
+        "| rank | estimator | mean ± 1.96·se | exact | bias verdict (z) | per-sample variance [95% CI] | µs / estimate | work-normalised variance | × best |",
+        "|---:|---|---|---:|---|---|---:|---:|---:|",
+    ]
+    for _, row in ranked.iterrows():
+        n = row["n_samples"]
+        ratio = row["work_normalized_var"] / best if best and row["rank"] is not None else math.nan
+        lines.append(
+            f"| {row['rank'] if row['rank'] is not None else '—'} | {row['estimator']} "
+            f"| {_fmt(row['grad_mean'])} ± {_fmt(1.959964 * row['bias_se'], 2)} | {_fmt(row['true_grad'])} "
+            f"| {_verdict(row)} ({_fmt(row['bias_z'], 3)}) "
+            f"| {_fmt(row['per_sample_var'])} [{_fmt(row['grad_var_ci_low'] * n)}, {_fmt(row['grad_var_ci_high'] * n)}] "
+            f"| {_fmt(row['seconds_per_estimate'] * 1e6, 3)} | {_fmt(row['work_normalized_var'], 3)} | {_fmt(ratio, 3)} |"
+        )
+    return lines
+
+
+def _choice_rows(ok: pd.DataFrame) -> list[str]:
+    lines = [
+        "| problem | θ | N | best (work-normalised variance) | runner-up (× best) | biased here |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for key, group in ok.groupby(INSTANCE, sort=False):
+        n_max = group["n_samples"].max()
+        for theta, rows in group[group["n_samples"] == n_max].groupby("theta"):
+            ranked = _ranked(rows)
+            fair = ranked[ranked["rank"].notna()]
+            best = fair.iloc[0]["estimator"] if len(fair) else "—"
+            runner = (
+                f"{fair.iloc[1]['estimator']} (×{_fmt(fair.iloc[1]['work_normalized_var'] / fair.iloc[0]['work_normalized_var'], 3)})"
+                if len(fair) > 1 else "—"
+            )  # fmt: skip
+            biased = ", ".join(f"**{e}**" for e in ranked[ranked["rank"].isna()]["estimator"]) or "none"
+            title = _title(key[0], key[1], key[2])
+            lines.append(f"| {title} [{key[3]}, {key[4]}] | {theta:g} | {n_max} | {best} | {runner} | {biased} |")
+    return lines
+
+
+def _bias_warnings(ok: pd.DataFrame) -> list[str]:
+    lines = []
+    flagged = ok[ok["biased"].astype(bool)]
+    for (problem, params, wrt, estimator), rows in flagged.groupby(["problem", "problem_params", "wrt", "estimator"], sort=False):
+        worst = rows.loc[rows["bias_z"].abs().idxmax()]
+        thetas = ", ".join(f"{t:g}" for t in sorted(rows["theta"].unique()))
+        lines.append(
+            f"- **{estimator}** on `{_title(problem, params, wrt)}` is biased at θ ∈ {{{thetas}}}: e.g. at θ = "
+            f"{worst['theta']:g}, N = {worst['n_samples']} its mean is {_fmt(worst['grad_mean'])} ± "
+            f"{_fmt(1.959964 * worst['bias_se'], 2)} but the exact gradient is {_fmt(worst['true_grad'])} "
+            f"(bias {_fmt(worst['bias'])}, z = {_fmt(worst['bias_z'], 3)})."
+            + ("" if not worst["expected_unbiased"] else " Theory says this estimator is unbiased here: this is a bug or a false alarm.")
+        )
+        if estimator == "naive" and problem == "seed_dependent":
+            lines.append(
+                "  This is the product-rule term E[f ∂log p] = +6θ² that autograd through `torch.normal(mean=θ)` or "
+                "`.sample()` silently drops: naive autograd averages 3θ² + 3 instead of 9θ² + 3."
+            )
+        elif estimator == "naive":
+            lines.append("  θ enters only through p, so autograd through a non-reparameterised sample returns 0.")
+    return lines
+
+
+def _parameter_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
+    """Plots of variance against a problem parameter swept at fixed θ (Mohamed et al. Fig. 2 style)."""
+    lines = []
+    params = ok["problem_params"].map(lambda s: json.loads(s) if s else {})
+    expanded = pd.concat([ok.reset_index(drop=True), pd.DataFrame(list(params))], axis=1)
+    for (problem, wrt, device, dtype), family in expanded.groupby(["problem", "wrt", "device", "dtype"], sort=False):
+        for parameter in sorted(set().union(*params[family.index])):
+            others = [p for p in set().union(*params[family.index]) if p != parameter]
+            for fixed, rows in family.groupby(["theta", *others], sort=False):
+                if rows[parameter].nunique() < 3:
+                    continue
+                fixed = fixed if isinstance(fixed, tuple) else (fixed,)
+                label = ", ".join(f"{name}={value:g}" for name, value in zip(["θ", *others], fixed))
+                title = f"{problem} wrt {wrt} ({label})"
+                path = plots.variance_vs_parameter(
+                    rows, parameter, title, out_dir / f"{_slug(problem, wrt, 'vs', parameter, *fixed, device, dtype)}.png"
+                )
+                lines += [f"### {title} [{device}, {dtype}]: variance against {parameter}", "", f"![]({path.name})", ""]
+    return lines
+
+
+def write_report(out_dir: Path) -> Path:
+    """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``."""
+    out_dir = Path(out_dir)
+    frame = latest_rows(load_table(out_dir / TABLE_NAME))
+    ok = frame[frame["status"] == "ok"].copy()
+    skipped = frame[frame["status"] == "skipped"]
+    errors = frame[frame["status"] == "error"]
+
+    lines = [
+        "# varbench report",
+        "",
+        f"Rendered {datetime.now(timezone.utc).isoformat(timespec='seconds')} from `{TABLE_NAME}` "
+        f"({len(ok)} measured cells, {len(skipped)} skipped, {len(errors)} failed). "
+        f"Seeds: base {', '.join(str(s) for s in sorted(frame['base_seed'].dropna().astype(int).unique()))}; "
+        "each cell's own seed is in the table.",
+        "",
+        "How to read it: each cell draws M independent estimates of dL/dθ, each from N samples. *Bias* is their mean "
+        "minus the exact gradient; an estimator is flagged **BIASED** when |z| = |bias| / se exceeds 3.29 (p < 0.001). "
+        "*Variance* is that of one N-sample estimate, with a 95% interval (Bonett 2006) that stays honest for "
+        "heavy-tailed estimates; per-sample variance = variance × N. *Work-normalised variance* = variance × seconds per "
+        "estimate: the variance you get for a fixed compute budget (lower is better). Rankings use it and leave biased "
+        "estimators unranked, because no amount of averaging removes bias.",
+        "",
+    ]
+    if len(ok):
+        warnings = _bias_warnings(ok)
+        lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]
+        lines += ["## Which estimator to choose", "", "At the largest N of each problem:", ""] + _choice_rows(ok) + [""]
+    for key, group in ok.groupby(INSTANCE, sort=False):
+        problem, params_json, wrt, device, dtype = key
+        title = _title(problem, params_json, wrt)
+        slug = _slug(problem, wrt, *json.loads(params_json).values(), device, dtype)
+        lines += [f"## {title} — {device}, {dtype}", "", f"Exact gradient: `{_formula(problem, params_json, wrt)}`", ""]
+        n_max = group["n_samples"].max()
+        for theta, rows in group[group["n_samples"] == n_max].groupby("theta"):
+            lines += [f"**θ = {theta:g}, N = {n_max}**", ""] + ranking_table(rows) + [""]
+        figures = [
+            plots.variance_vs_n(group, title, out_dir / f"{slug}_variance_vs_n.png"),
+            plots.bias(group, title, out_dir / f"{slug}_bias.png"),
+            plots.throughput(group, title, out_dir / f"{slug}_throughput.png"),
+        ]
+        if group["theta"].nunique() > 1:
+            figures.insert(1, plots.variance_vs_theta(group, title, out_dir / f"{slug}_variance_vs_theta.png"))
+        lines += [f"![]({path.name})" for path in figures] + [""]
+        lines += [
+            "Cost evaluations per sample: "
+            + ", ".join(f"{e} {int(c)}" for e, c in group.groupby("estimator", sort=False)["cost_evals_per_sample"].first().items())
+            + ". Throughput is measured, so extra evaluations show up as lower samples/s.",
+            "",
+        ]
+        mine = skipped[(skipped["problem"] == problem) & (skipped["problem_params"] == params_json) & (skipped["wrt"] == wrt)]
+        for (estimator, note), _ in mine.groupby(["estimator", "note"], sort=False):
+            lines.append(f"- skipped `{estimator}` where it does not apply: {note}")
+        lines.append("")
+    if len(ok):
+        sweeps = _parameter_sweeps(ok, out_dir)
+        if sweeps:
+            lines += ["## Variance against problem parameters", ""] + sweeps
+    if len(errors):
+        lines += ["## Failed cells", "", "Re-running the same command retries them.", ""]
+        lines += [f"- {r.problem} {r.wrt} θ={r.theta:g} {r.estimator} N={r.n_samples} {r.device}: {r.note}" for r in errors.itertuples()]
+        lines.append("")
+    lines += ["## Environment", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in environment.describe().items()]
+    recorded = frame[["device", "device_name", "torch_version", "num_threads", "git_sha", "hostname"]].drop_duplicates()
+    lines += ["", "Recorded with the rows (the machines that measured them):", ""] + _markdown_table(recorded) + [""]
+    lines += ["Estimators:", ""] + [f"- `{e.name}`: {e.summary}" for e in ESTIMATORS.values()] + [""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    return [header, rule] + ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]

@@ -1,0 +1,70 @@
+"""Run a list of cells into a results folder: rows are appended as cells finish, finished cells are skipped
+on a re-run, and a failing cell is recorded as an error row instead of ending the sweep."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import measure
+from .grid import Cell
+from .table import COLUMNS, TABLE_NAME, append_row, check_header, drop_partial_last_line, load_table
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    table: Path
+    measured: int
+    already_done: int
+    errors: int
+
+
+def finished_runs(table: Path) -> set[tuple]:
+    """Keys of cells already measured (ok or skipped) in ``table``; errors are retried."""
+    if not table.exists():
+        return set()
+    check_header(table)  # never repair or append to a file that is not a varbench table
+    if drop_partial_last_line(table):
+        print(f"varbench: dropped a partial last row from {table} (left by an interrupted run)", file=sys.stderr)
+    frame = load_table(table)
+    done = frame[frame["status"].isin(["ok", "skipped"])]
+    return {
+        _run_key(row.cell_id, int(row.base_seed), row.replicates_rule, row.n_replicates)
+        for row in done.itertuples()
+    }
+
+
+def _run_key(cell_id: str, base_seed: int, rule: str, n_replicates: float) -> tuple:
+    # An auto-sized cell is the same run whatever M its pilot chose; a fixed one only at the same M.
+    fixed = None if rule == "auto" or (isinstance(n_replicates, float) and math.isnan(n_replicates)) else int(n_replicates)
+    return (cell_id, base_seed, rule, fixed if rule == "fixed" else None)
+
+
+def _cell_key(cell: Cell, base_seed: int) -> tuple:
+    rule = "auto" if cell.replicates is None else "fixed"
+    return (cell.cell_id, base_seed, rule, cell.replicates)
+
+
+def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: bool = True) -> SweepOutcome:
+    """Measure every cell not already in ``out_dir/table.csv``, appending one row per finished cell."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / TABLE_NAME
+    done = finished_runs(table)
+    todo = [cell for cell in cells if _cell_key(cell, base_seed) not in done]
+    errors = 0
+    bar = tqdm(todo, desc="varbench", unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(f"{cell.problem} {cell.estimator} N={cell.n_samples}", refresh=False)
+        try:
+            row = measure.measure_cell(cell, base_seed)
+        except Exception as error:  # one bad cell must not cost the others; it is recorded and retried later
+            errors += 1
+            row = dict.fromkeys(COLUMNS)
+            row.update(measure._base_row(cell, base_seed, ""), status="error",
+                       note=f"{type(error).__name__}: {error}".replace("\n", " "))  # fmt: skip
+        append_row(table, row)
+    return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors)

@@ -1,0 +1,156 @@
+"""The results table: its schema (the one place it is defined), appending rows as cells finish, and loading
+with validation so a corrupt file is reported, never silently overwritten."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+
+# (column, type, meaning). results/README.md documents the same schema; a test keeps the two in sync.
+SCHEMA: list[tuple[str, str, str]] = [
+    ("cell_id", "str", "hash of the cell's identity (problem, params, wrt, theta, estimator, N, device, dtype)"),
+    ("status", "str", "ok | skipped (estimator does not apply; see note) | error (see note)"),
+    ("note", "str", "why a cell was skipped or failed; empty when ok"),
+    ("problem", "str", "problem family name (see `varbench list`)"),
+    ("problem_params", "str", "fixed problem parameters as JSON with sorted keys, e.g. {\"k\": 1.0, \"sigma\": 1.0}"),
+    ("wrt", "str", "the parameter θ stands for: theta (seed problems), mu or sigma (Gaussian costs)"),
+    ("theta", "float", "value of θ at which the gradient is estimated"),
+    ("estimator", "str", "estimator name (see `varbench list`)"),
+    ("device", "str", "torch device the estimates were computed on (cpu, cuda, cuda:1, …)"),
+    ("device_name", "str", "CPU model or GPU name of that device"),
+    ("dtype", "str", "floating-point type of the computation (float32 or float64)"),
+    ("n_samples", "int", "N: samples per estimate"),
+    ("n_replicates", "int", "M: independent estimates drawn for this cell"),
+    ("replicates_rule", "str", "how M was chosen: auto (pilot kurtosis, target 5% relative s.e. of the variance) or fixed"),
+    ("cost_evals_per_sample", "int", "cost-function evaluations per sample (measure_valued: 2 per Gaussian parameter θ enters, +1 if f depends on θ)"),
+    ("grad_mean", "float", "mean of the M estimates"),
+    ("true_grad", "float", "exact dL/dθ from the problem's closed form"),
+    ("bias", "float", "grad_mean − true_grad"),
+    ("bias_se", "float", "standard error of grad_mean: sqrt(grad_var / M)"),
+    ("bias_z", "float", "bias / bias_se; ~N(0, 1) for an unbiased estimator (±inf if the estimates are constant and wrong)"),
+    ("bias_p_value", "float", "two-sided p-value of bias_z"),
+    ("biased", "bool", "bias_p_value < 0.001: the estimator is measurably biased on this cell"),
+    ("expected_unbiased", "bool", "whether theory says the estimator is unbiased on this problem"),
+    ("grad_var", "float", "sample variance (ddof=1) of the M estimates = variance of an N-sample estimate"),
+    ("grad_var_ci_low", "float", "lower end of the 95% interval for grad_var (Bonett 2006, kurtosis-adjusted)"),
+    ("grad_var_ci_high", "float", "upper end of that interval"),
+    ("grad_var_rel_se", "float", "relative standard error of grad_var from the sample kurtosis"),
+    ("kurtosis", "float", "Pearson kurtosis of the M estimates (3 for Gaussian estimates)"),
+    ("per_sample_var", "float", "grad_var × N: the variance of one sample's contribution (for independent-sample estimators)"),
+    ("mse", "float", "bias² + grad_var"),
+    ("n_nonfinite", "int", "estimates that were NaN or ±inf (excluded from the statistics)"),
+    ("seconds_per_estimate", "float", "median wall time of one vectorised call / replicates in that call (warmed up, device synchronised)"),
+    ("samples_per_second", "float", "n_samples / seconds_per_estimate"),
+    ("work_normalized_var", "float", "grad_var × seconds_per_estimate (Glynn–Whitt efficiency; lower is better)"),
+    ("timing_replicates", "int", "replicates per timed call"),
+    ("timing_runs", "int", "timed calls behind the median"),
+    ("seed", "int", "torch seed of this cell: a hash of (base seed, cell), so the cell re-runs alone to the same numbers"),
+    ("base_seed", "int", "the sweep's --seed"),
+    ("torch_version", "str", "torch.__version__"),
+    ("num_threads", "int", "torch intra-op threads"),
+    ("git_sha", "str", "commit of varbench that produced the row (+ '-dirty' with uncommitted changes)"),
+    ("hostname", "str", "machine that produced the row"),
+    ("started_at", "str", "UTC time the cell started (ISO 8601)"),
+    ("elapsed_s", "float", "wall time spent on the cell, pilot and timing included"),
+]
+COLUMNS = [name for name, _, _ in SCHEMA]
+_TYPES = {name: kind for name, kind, _ in SCHEMA}
+TABLE_NAME = "table.csv"
+
+
+class TableError(ValueError):
+    """A results table that cannot be read as a varbench table."""
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return str(value)
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row (header first if the file is new), flushed and fsynced so a crash loses nothing finished."""
+    missing = [c for c in COLUMNS if c not in row]
+    if missing:
+        raise KeyError(f"row is missing columns: {missing}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    new_file = not path.exists() or path.stat().st_size == 0
+    if new_file:
+        writer.writerow(COLUMNS)
+    writer.writerow([_format(row[c]) for c in COLUMNS])
+    # One write call per row: a kill can at worst leave one partial last line, which load_table repairs.
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(buffer.getvalue())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def check_header(path: Path) -> None:
+    """Raise TableError unless the file starts with this version's header line."""
+    with open(path, "rb") as handle:
+        first = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+    if first != ",".join(COLUMNS):
+        raise TableError(
+            f"results table {path} is corrupt or from another varbench version (its header does not match the "
+            "schema in results/README.md); move it away or choose another --out"
+        )
+
+
+def drop_partial_last_line(path: Path) -> bool:
+    """Remove a trailing line without a newline (a row cut off by a killed run). Returns whether it did."""
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    path.write_bytes(data[: data.rfind(b"\n") + 1])
+    return True
+
+
+def load_table(path: Path) -> pd.DataFrame:
+    """Read and validate a results table; raise TableError naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise TableError(f"no results table at {path}")
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"note": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TableError(f"results table {path} is corrupt ({first})") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise TableError(
+            f"results table {path} is corrupt or not a varbench table: missing columns {', '.join(missing[:5])}"
+            + ("…" if len(missing) > 5 else "")
+        )
+    for column in COLUMNS:
+        if _TYPES[column] in ("float", "int") and len(frame):
+            converted = pd.to_numeric(frame[column], errors="coerce")
+            bad = converted.isna() & frame[column].notna()
+            if bad.any():
+                line = int(bad.idxmax()) + 2  # header is line 1
+                raise TableError(
+                    f"results table {path} is corrupt: column {column} has non-numeric value "
+                    f"{frame[column][bad].iloc[0]!r} on line {line}"
+                )
+            frame[column] = converted
+    bad_status = ~frame["status"].isin(["ok", "skipped", "error"])
+    if bad_status.any():
+        raise TableError(
+            f"results table {path} is corrupt: status {frame['status'][bad_status].iloc[0]!r} on line "
+            f"{int(bad_status.idxmax()) + 2}; allowed: ok, skipped, error"
+        )
+    for column in ("biased", "expected_unbiased"):
+        frame[column] = frame[column].astype(str).str.lower().map({"true": True, "false": False})
+    frame["note"] = frame["note"].fillna("")
+    return frame
+
+
+def latest_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: the last one written (a re-run with another seed or after an error supersedes)."""
+    return frame.drop_duplicates(subset="cell_id", keep="last").reset_index(drop=True)
