@@ -41,6 +41,7 @@ def _base_row(cell: Cell, base_seed: int, started_at: str) -> dict:
         dtype=cell.dtype,
         n_samples=cell.n_samples,
         replicates_rule="auto" if cell.replicates is None else "fixed",
+        n_replicates=cell.replicates,  # the requested M; auto cells fill in the M their pilot chose
         seed=cell.seed(base_seed),
         base_seed=base_seed,
         torch_version=torch.__version__,
@@ -128,6 +129,8 @@ def measure_cell(cell: Cell, base_seed: int) -> dict:
         timing_runs=runs,
         elapsed_s=time.perf_counter() - started,
     )
+    notes = [row["note"], problem.heavy_tail_warning(cell.theta)]
     if not math.isfinite(row["bias_z"]):
-        row["note"] = (row["note"] + "; " if row["note"] else "") + "estimates are constant"
+        notes.append("estimates are constant")
+    row["note"] = "; ".join(n for n in notes if n)
     return row

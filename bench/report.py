@@ -49,14 +49,21 @@ def _verdict(row: pd.Series) -> str:
         if row["expected_unbiased"]:
             flag += " (theory says unbiased: investigate)"
         return flag
-    return "unbiased" if row["expected_unbiased"] else "not measurably biased here"
+    return "unbiased" if row["expected_unbiased"] else "biased in general; exact here by coincidence"
+
+
+def _rankable(rows: pd.DataFrame) -> pd.Series:
+    # Only estimators that are unbiased in theory *and* in this measurement are recommended: naive autograd
+    # can hit the exact gradient at one θ (where the dropped term vanishes) and must still not be chosen.
+    return ~rows["biased"].astype(bool) & rows["expected_unbiased"].astype(bool)
 
 
 def _ranked(rows: pd.DataFrame) -> pd.DataFrame:
-    """Unbiased estimators by work-normalised variance, then the biased ones (which have no rank)."""
-    fair = rows[~rows["biased"].astype(bool)].sort_values("work_normalized_var")
+    """Unbiased estimators by work-normalised variance, then the others (which get no rank)."""
+    rankable = _rankable(rows)
+    fair = rows[rankable].sort_values("work_normalized_var")
     fair = fair.assign(rank=range(1, len(fair) + 1))
-    unfair = rows[rows["biased"].astype(bool)].assign(rank=None)
+    unfair = rows[~rankable].assign(rank=None)
     return pd.concat([fair, unfair])
 
 
@@ -83,7 +90,7 @@ def ranking_table(rows: pd.DataFrame) -> list[str]:
 
 def _choice_rows(ok: pd.DataFrame) -> list[str]:
     lines = [
-        "| problem | θ | N | best (work-normalised variance) | runner-up (× best) | biased here |",
+        "| problem | θ | N | best (work-normalised variance) | runner-up (× best) | not recommended (biased) |",
         "|---|---:|---:|---|---|---|",
     ]
     for key, group in ok.groupby(INSTANCE, sort=False):
@@ -96,43 +103,52 @@ def _choice_rows(ok: pd.DataFrame) -> list[str]:
                 f"{fair.iloc[1]['estimator']} (×{_fmt(fair.iloc[1]['work_normalized_var'] / fair.iloc[0]['work_normalized_var'], 3)})"
                 if len(fair) > 1 else "—"
             )  # fmt: skip
-            biased = ", ".join(f"**{e}**" for e in ranked[ranked["rank"].isna()]["estimator"]) or "none"
+            unranked = ranked[ranked["rank"].isna()]
+            biased = ", ".join(
+                f"**{r.estimator}**" if r.biased else f"{r.estimator} (exact here by coincidence)"
+                for r in unranked.itertuples()
+            ) or "none"
             title = _title(key[0], key[1], key[2])
             lines.append(f"| {title} [{key[3]}, {key[4]}] | {theta:g} | {n_max} | {best} | {runner} | {biased} |")
     return lines
 
 
 def _bias_warnings(ok: pd.DataFrame) -> list[str]:
+    """One line per (problem family, wrt, estimator) with a significant bias, worst cell as the example."""
     lines = []
     flagged = ok[ok["biased"].astype(bool)]
-    for (problem, params, wrt, estimator), rows in flagged.groupby(["problem", "problem_params", "wrt", "estimator"], sort=False):
+    # The seed problem first: it is the case users meet in practice (a wrong, non-zero gradient).
+    order = sorted(flagged.groupby(["problem", "wrt", "estimator"], sort=False).groups, key=lambda k: k[0] != "seed_dependent")
+    for problem, wrt, estimator in order:
+        rows = flagged[(flagged["problem"] == problem) & (flagged["wrt"] == wrt) & (flagged["estimator"] == estimator)]
         worst = rows.loc[rows["bias_z"].abs().idxmax()]
-        thetas = ", ".join(f"{t:g}" for t in sorted(rows["theta"].unique()))
         lines.append(
-            f"- **{estimator}** on `{_title(problem, params, wrt)}` is biased at θ ∈ {{{thetas}}}: e.g. at θ = "
-            f"{worst['theta']:g}, N = {worst['n_samples']} its mean is {_fmt(worst['grad_mean'])} ± "
-            f"{_fmt(1.959964 * worst['bias_se'], 2)} but the exact gradient is {_fmt(worst['true_grad'])} "
+            f"- **{estimator}** on `{problem}` wrt {wrt}: biased in {len(rows)} cells. Worst: "
+            f"`{_title(problem, worst['problem_params'], wrt)}` at θ = {worst['theta']:g}, N = {worst['n_samples']}: mean "
+            f"{_fmt(worst['grad_mean'])} ± {_fmt(1.959964 * worst['bias_se'], 2)}, exact {_fmt(worst['true_grad'])} "
             f"(bias {_fmt(worst['bias'])}, z = {_fmt(worst['bias_z'], 3)})."
-            + ("" if not worst["expected_unbiased"] else " Theory says this estimator is unbiased here: this is a bug or a false alarm.")
+            + (" **Theory says this estimator is unbiased here: a bug or a false alarm.**" if worst["expected_unbiased"] else "")
         )
         if estimator == "naive" and problem == "seed_dependent":
             lines.append(
-                "  This is the product-rule term E[f ∂log p] = +6θ² that autograd through `torch.normal(mean=θ)` or "
-                "`.sample()` silently drops: naive autograd averages 3θ² + 3 instead of 9θ² + 3."
+                "  It drops the product-rule term E[f ∂log p] = +6θ² that autograd through `torch.normal(mean=θ)` or "
+                "`.sample()` cannot see: naive autograd averages 3θ² + 3 instead of 9θ² + 3."
             )
-        elif estimator == "naive":
-            lines.append("  θ enters only through p, so autograd through a non-reparameterised sample returns 0.")
+        elif estimator == "naive" and (rows["grad_mean"] == 0).all() and (rows["grad_var"] == 0).all():
+            lines.append("  θ enters only through p, so autograd through a non-reparameterised sample returns 0 every time.")
     return lines
 
 
 def _parameter_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     """Plots of variance against a problem parameter swept at fixed θ (Mohamed et al. Fig. 2 style)."""
     lines = []
+    ok = ok.reset_index(drop=True)
     params = ok["problem_params"].map(lambda s: json.loads(s) if s else {})
-    expanded = pd.concat([ok.reset_index(drop=True), pd.DataFrame(list(params))], axis=1)
+    expanded = pd.concat([ok, pd.DataFrame(list(params))], axis=1)
     for (problem, wrt, device, dtype), family in expanded.groupby(["problem", "wrt", "device", "dtype"], sort=False):
-        for parameter in sorted(set().union(*params[family.index])):
-            others = [p for p in set().union(*params[family.index]) if p != parameter]
+        names = sorted(set().union(*params[family.index]))
+        for parameter in names:
+            others = [p for p in names if p != parameter]
             for fixed, rows in family.groupby(["theta", *others], sort=False):
                 if rows[parameter].nunique() < 3:
                     continue

@@ -3,7 +3,6 @@ on a re-run, and a failing cell is recorded as an error row instead of ending th
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +32,14 @@ def finished_runs(table: Path) -> set[tuple]:
     frame = load_table(table)
     done = frame[frame["status"].isin(["ok", "skipped"])]
     return {
-        _run_key(row.cell_id, int(row.base_seed), row.replicates_rule, row.n_replicates)
+        (row.cell_id, int(row.base_seed), None if row.replicates_rule == "auto" else int(row.n_replicates))
         for row in done.itertuples()
     }
 
 
-def _run_key(cell_id: str, base_seed: int, rule: str, n_replicates: float) -> tuple:
-    # An auto-sized cell is the same run whatever M its pilot chose; a fixed one only at the same M.
-    fixed = None if rule == "auto" or (isinstance(n_replicates, float) and math.isnan(n_replicates)) else int(n_replicates)
-    return (cell_id, base_seed, rule, fixed if rule == "fixed" else None)
-
-
 def _cell_key(cell: Cell, base_seed: int) -> tuple:
-    rule = "auto" if cell.replicates is None else "fixed"
-    return (cell.cell_id, base_seed, rule, cell.replicates)
+    # An auto-sized cell is the same run whatever M its pilot chose; a fixed one only at the same M.
+    return (cell.cell_id, base_seed, cell.replicates)
 
 
 def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: bool = True) -> SweepOutcome:

@@ -131,7 +131,8 @@ def load_table(path: Path) -> pd.DataFrame:
     for column in COLUMNS:
         if _TYPES[column] in ("float", "int") and len(frame):
             converted = pd.to_numeric(frame[column], errors="coerce")
-            bad = converted.isna() & frame[column].notna()
+            # 'nan' is a legitimate value (e.g. kurtosis of constant estimates); anything else non-numeric is not.
+            bad = converted.isna() & frame[column].notna() & (frame[column].astype(str).str.lower() != "nan")
             if bad.any():
                 line = int(bad.idxmax()) + 2  # header is line 1
                 raise TableError(

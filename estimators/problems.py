@@ -45,6 +45,8 @@ class Problem:
     # Open interval of valid θ.
     theta_range: tuple[float, float] = (-math.inf, math.inf)
     theta_range_reason: str = ""
+    # θ -> why estimates may have an infinite fourth moment there (variance intervals then mislead), or None.
+    heavy_tail_warning: Callable[[float], str | None] = lambda theta: None
 
     @property
     def label(self) -> str:
@@ -230,11 +232,21 @@ def _gaussian_builder(name: str) -> Callable[[str, dict[str, float]], Problem]:
                 return spec.d_sigma(mu, t, k)
 
             formula = spec.formula_sigma
+        def heavy_tail_warning(theta: float) -> str | None:
+            sigma = theta if wrt == "sigma" else params["sigma"]
+            if name == "gaussian_exp" and 1 + 8 * k * sigma**2 <= 0:
+                return (
+                    "f = exp(−kx²) with k < 0 and 1 + 8kσ² <= 0: the estimates' fourth moment is infinite, so the "
+                    "sample variance converges slowly and its interval is unreliable"
+                )
+            return None
+
         return Problem(
             name=name,
             wrt=wrt,
             params=params,
             summary=spec.summary,
+            heavy_tail_warning=heavy_tail_warning,
             distribution=distribution,
             cost=lambda x, theta: spec.cost(x, k),
             objective=objective,

@@ -1,0 +1,238 @@
+"""End to end: the varbench CLI on a tiny grid, the report it renders, resuming after an interruption, and
+bad input answered with one clear line and no damage to an existing table."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import cli, measure, plots
+from bench.table import COLUMNS, load_table
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["run", "--problem", "seed_dependent", "--theta", "0,3", "--n", "1,10", "--replicates", "300", "--no-progress"]
+STATISTICAL = ["cell_id", "status", "theta", "estimator", "n_samples", "n_replicates", "grad_mean", "grad_var",
+               "grad_var_ci_low", "grad_var_ci_high", "bias_z", "seed"]  # fmt: skip
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    assert cli.main([*TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_run_writes_a_complete_table(tiny_run):
+    table = load_table(tiny_run / "table.csv")
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 2 * 5 * 2  # θ × estimators × N
+    assert table["cell_id"].is_unique
+    skipped = table[table["status"] == "skipped"]
+    assert set(skipped["estimator"]) == {"score_function_loo"} and set(skipped["n_samples"]) == {1}
+    assert (skipped["note"].str.contains("N >= 2")).all()
+    ok = table[table["status"] == "ok"]
+    assert (ok["n_replicates"] == 300).all()
+    for column in ["seed", "device", "torch_version", "git_sha", "started_at", "seconds_per_estimate"]:
+        assert ok[column].notna().all(), column
+    assert (ok["torch_version"] == torch.__version__).all()
+    naive = ok[(ok["estimator"] == "naive") & (ok["theta"] == 3.0)]
+    assert naive["biased"].all() and (naive["true_grad"] == 84.0).all()
+    assert (ok[ok["estimator"] != "naive"]["expected_unbiased"]).all()
+
+
+def test_report_flags_naive_as_biased_and_draws_non_blank_plots(tiny_run):
+    report = (tiny_run / "report.md").read_text()
+    assert "## Biased estimators" in report
+    assert re.search(r"\*\*naive\*\* on `seed_dependent`", report)
+    assert "9θ² + 3" in report and "+6θ²" in report
+    assert "## Which estimator to choose" in report and "## Environment" in report
+    images = re.findall(r"!\[\]\(([^)]+\.png)\)", report)
+    assert len(images) >= 4
+    for name in images:
+        assert (tiny_run / name).exists(), name
+        assert not plots.is_blank(tiny_run / name), name
+
+
+def test_report_command_rerenders_without_rerunning(tiny_run, capsys):
+    before = digest(tiny_run / "table.csv")
+    for png in tiny_run.glob("*.png"):
+        png.unlink()
+    (tiny_run / "report.md").unlink()
+    code, out, _ = run_cli(["report", str(tiny_run)], capsys)
+    assert code == 0 and "report written" in out
+    assert (tiny_run / "report.md").exists() and list(tiny_run.glob("*.png"))
+    assert digest(tiny_run / "table.csv") == before
+
+
+def test_rerunning_the_same_command_skips_finished_cells(tiny_run, capsys):
+    before = digest(tiny_run / "table.csv")
+    code, out, _ = run_cli([*TINY, "--out", str(tiny_run), "--no-report"], capsys)
+    assert code == 0 and "0 cells measured, 20 already" in out
+    assert digest(tiny_run / "table.csv") == before
+
+
+def test_a_cell_rerun_alone_reproduces_its_numbers(tiny_run, tmp_path):
+    full = load_table(tiny_run / "table.csv")
+    alone_dir = tmp_path / "alone"
+    assert cli.main(["run", "--problem", "seed_dependent", "--theta", "3", "--n", "10", "--estimator", "pathwise",
+                     "--replicates", "300", "--no-progress", "--no-report", "--out", str(alone_dir)]) == 0  # fmt: skip
+    alone = load_table(alone_dir / "table.csv").iloc[0]
+    match = full[full["cell_id"] == alone["cell_id"]].iloc[0]
+    for column in ["seed", "grad_mean", "grad_var", "grad_var_ci_low", "grad_var_ci_high"]:
+        assert alone[column] == match[column], column
+
+
+def test_interrupted_run_resumes_and_loses_nothing(tmp_path, monkeypatch, tiny_run):
+    real = measure.measure_cell
+    calls = {"n": 0}
+
+    def crash_on_fourth(cell, base_seed):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(cell, base_seed)
+
+    monkeypatch.setattr(measure, "measure_cell", crash_on_fourth)
+    assert cli.main([*TINY, "--out", str(tmp_path)]) == 130
+    first = load_table(tmp_path / "table.csv")
+    assert len(first) == 3
+    # A kill in the middle of writing a row leaves a partial line; the resume drops it.
+    with open(tmp_path / "table.csv", "a") as handle:
+        handle.write("deadbeef,ok,,seed_dep")
+    monkeypatch.setattr(measure, "measure_cell", real)
+    assert cli.main([*TINY, "--out", str(tmp_path), "--no-report"]) == 0
+    resumed = load_table(tmp_path / "table.csv")
+    assert len(resumed) == 20 and resumed["cell_id"].is_unique
+    pd.testing.assert_frame_equal(resumed.iloc[:3][STATISTICAL], first[STATISTICAL])
+    # Same numbers as the uninterrupted run (timing columns aside).
+    reference = load_table(tiny_run / "table.csv").set_index("cell_id").sort_index()
+    resumed = resumed.set_index("cell_id").sort_index()
+    pd.testing.assert_frame_equal(resumed[STATISTICAL[1:]], reference[STATISTICAL[1:]])
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    real = measure.measure_cell
+
+    def fail_pathwise(cell, base_seed):
+        if cell.estimator == "pathwise":
+            raise FloatingPointError("injected failure")
+        return real(cell, base_seed)
+
+    monkeypatch.setattr(measure, "measure_cell", fail_pathwise)
+    code, _, err = run_cli([*TINY, "--theta", "3", "--out", str(tmp_path), "--no-report"], capsys)
+    assert code == 1 and "2 cells failed" in err
+    table = load_table(tmp_path / "table.csv")
+    errors = table[table["status"] == "error"]
+    assert set(errors["estimator"]) == {"pathwise"} and errors["note"].str.contains("injected failure").all()
+    assert (table["status"] == "ok").sum() == 7
+    monkeypatch.setattr(measure, "measure_cell", real)
+    assert cli.main([*TINY, "--theta", "3", "--out", str(tmp_path), "--no-report"]) == 0  # errors are retried
+
+
+BAD_INPUT = [
+    (["--problem", "gaussian_cos", "--wrt", "sigma", "--theta", "0"], "outside the valid range"),
+    (["--problem", "gaussian_cos", "--wrt", "sigma", "--theta=-1"], "sigma is a Gaussian scale"),
+    (["--problem", "gaussian_cos", "--wrt", "mu", "--set", "sigma=-1"], "sigma must be > 0"),
+    (["--problem", "seed_dependent", "--n", "0"], "N (samples per estimate) must be an integer >= 1, got 0"),
+    (["--problem", "seed_dependent", "--n=-5"], "got -5"),
+    (["--problem", "seed_dependent", "--n", "ten"], "got 'ten'"),
+    (["--problem", "seed_dependent", "--theta", "nan"], "theta must be a finite number, got nan"),
+    (["--problem", "nope"], "unknown problem 'nope'; allowed: seed_fixed"),
+    (["--problem", "seed_dependent", "--estimator", "sf2"], "unknown estimator 'sf2'; allowed: naive"),
+    (["--problem", "seed_dependent", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--problem", "seed_dependent", "--replicates", "3"], "replicates must be >= 10"),
+    (["--problem", "gaussian_cos", "--set", "q=1"], "has no parameter q"),
+    (["--problem", "gaussian_cos", "--set", "k"], "--set takes NAME=VALUE"),
+    (["--preset", "default", "--problem", "seed_fixed"], "--preset fixes the grid"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_bad_input_gives_one_clear_line_and_leaves_the_table_alone(args, message, tiny_run, capsys):
+    before = digest(tiny_run / "table.csv")
+    code, out, err = run_cli(["run", *args, "--out", str(tiny_run), "--no-progress"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("varbench: error: "), err
+    assert message in lines[0]
+    assert digest(tiny_run / "table.csv") == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused_with_the_alternatives(tmp_path, capsys):
+    code, _, err = run_cli(["run", "--problem", "seed_dependent", "--device", "cuda", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "not available on this machine" in err and "available: cpu" in err
+    assert not (tmp_path / "table.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["this is not a table\n", "problem,theta\nseed_dependent,1\n", b"\x00\xff\xfe garbage".decode("latin-1")],
+)
+def test_corrupt_table_is_reported_and_not_modified(tmp_path, capsys, content):
+    table = tmp_path / "table.csv"
+    table.write_text(content, encoding="latin-1")
+    before = digest(table)
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "is corrupt" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and "is corrupt" in err
+    assert digest(table) == before
+
+
+def test_corrupt_value_inside_a_valid_table_is_named(tiny_run, tmp_path, capsys):
+    text = (tiny_run / "table.csv").read_text().splitlines()
+    fields = text[2].split(",")
+    fields[COLUMNS.index("grad_var")] = "lots"
+    text[2] = ",".join(fields)
+    (tmp_path / "table.csv").write_text("\n".join(text) + "\n")
+    code, _, err = run_cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and "column grad_var has non-numeric value 'lots' on line 3" in err
+
+
+def test_report_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run_cli(["report", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "no results table" in err
+
+
+def test_list_names_every_problem_and_estimator(capsys):
+    from estimators import ESTIMATORS, PROBLEM_FAMILIES
+
+    code, out, _ = run_cli(["list"], capsys)
+    assert code == 0
+    for name in [*PROBLEM_FAMILIES, *ESTIMATORS]:
+        assert re.search(rf"^\s+{name}\s", out, re.M), name
+
+
+def test_python_dash_m_bench_is_the_same_cli_and_prints_no_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--problem", "seed_dependent", "--theta", "nan"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == "varbench: error: theta must be a finite number, got nan"
+
+
+def test_results_readme_documents_exactly_the_table_schema():
+    readme = (REPO / "results" / "README.md").read_text()
+    documented = re.findall(r"^\| `([a-z_]+)` \|", readme, re.M)
+    assert documented == COLUMNS
