@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
             raise UsageError(f"--preset fixes the grid; drop --{(explicit or ['set'])[0]} or drop --preset")
         sweeps = preset(args.preset, devices)
         replicates = _replicates(args.replicates)
-        return [Sweep(**{**s.__dict__, "replicates": replicates, "dtype": args.dtype}) for s in sweeps]
+        return [dataclasses.replace(s, replicates=replicates, dtype=args.dtype) for s in sweeps]
     if not args.problem:
         raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
     estimators = tuple(ESTIMATORS) if args.estimator in (None, "all") else tuple(

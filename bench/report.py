@@ -67,6 +67,13 @@ def _ranked(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([fair, unfair])
 
 
+def _ratio(value: float, best: float) -> float:
+    # The best estimator can be exact with zero variance (the coupled MVD pair on a cost symmetric about μ).
+    if best == 0:
+        return 1.0 if value == 0 else math.inf
+    return value / best
+
+
 def ranking_table(rows: pd.DataFrame) -> list[str]:
     """One θ at one N: a Markdown table of estimators ranked by work-normalised variance."""
     ranked = _ranked(rows)
@@ -77,7 +84,7 @@ def ranking_table(rows: pd.DataFrame) -> list[str]:
     ]
     for _, row in ranked.iterrows():
         n = row["n_samples"]
-        ratio = row["work_normalized_var"] / best if best and row["rank"] is not None else math.nan
+        ratio = _ratio(row["work_normalized_var"], best) if row["rank"] is not None else math.nan
         lines.append(
             f"| {row['rank'] if row['rank'] is not None else '—'} | {row['estimator']} "
             f"| {_fmt(row['grad_mean'])} ± {_fmt(1.959964 * row['bias_se'], 2)} | {_fmt(row['true_grad'])} "
@@ -100,7 +107,7 @@ def _choice_rows(ok: pd.DataFrame) -> list[str]:
             fair = ranked[ranked["rank"].notna()]
             best = fair.iloc[0]["estimator"] if len(fair) else "—"
             runner = (
-                f"{fair.iloc[1]['estimator']} (×{_fmt(fair.iloc[1]['work_normalized_var'] / fair.iloc[0]['work_normalized_var'], 3)})"
+                f"{fair.iloc[1]['estimator']} (×{_fmt(_ratio(fair.iloc[1]['work_normalized_var'], fair.iloc[0]['work_normalized_var']), 3)})"
                 if len(fair) > 1 else "—"
             )  # fmt: skip
             unranked = ranked[ranked["rank"].isna()]

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from . import measure
 from .grid import Cell
-from .table import COLUMNS, TABLE_NAME, append_row, check_header, drop_partial_last_line, load_table
+from .table import TABLE_NAME, append_row, check_header, drop_partial_last_line, load_table
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,17 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
     done = finished_runs(table)
     todo = [cell for cell in cells if _cell_key(cell, base_seed) not in done]
     errors = 0
-    bar = tqdm(todo, desc="varbench", unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    # In a log (CI, make bench > file) redraw rarely instead of hundreds of times.
+    interval = 0.1 if sys.stderr.isatty() else 15.0
+    bar = tqdm(todo, desc="varbench", unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               mininterval=interval)  # fmt: skip
     for cell in bar:
         bar.set_postfix_str(f"{cell.problem} {cell.estimator} N={cell.n_samples}", refresh=False)
         try:
             row = measure.measure_cell(cell, base_seed)
         except Exception as error:  # one bad cell must not cost the others; it is recorded and retried later
             errors += 1
-            row = dict.fromkeys(COLUMNS)
-            row.update(measure._base_row(cell, base_seed, ""), status="error",
-                       note=f"{type(error).__name__}: {error}".replace("\n", " "))  # fmt: skip
+            row = measure.base_row(cell, base_seed, measure.utc_now())
+            row.update(status="error", note=f"{type(error).__name__}: {error}".replace("\n", " "))
         append_row(table, row)
     return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors)

@@ -59,7 +59,9 @@ class Problem:
         low, high = self.theta_range
         if low < 1.0 < high:
             return 1.0
-        return (low + high) / 2 if math.isfinite(low) and math.isfinite(high) else (low + 1 if math.isfinite(low) else high - 1)
+        if math.isfinite(low) and math.isfinite(high):
+            return (low + high) / 2
+        return low + 1.0 if math.isfinite(low) else high - 1.0
 
     def check_theta(self, theta: float) -> None:
         """Raise ProblemError unless θ is a finite value inside the problem's valid range."""
