@@ -129,8 +129,7 @@ def _list(args: argparse.Namespace) -> int:
     print("problems (--problem; --wrt; --set NAME=VALUE):")
     for family in PROBLEM_FAMILIES.values():
         params = ", ".join(f"{k}={v:g}" for k, v in family.defaults.items()) or "none"
-        print(f"  {family.name:20s} {family.summary}")
-        print(f"  {'':20s} wrt: {'|'.join(family.wrt_choices)}; parameters (defaults): {params}")
+        print(f"  {family.name:20s} {family.summary} [wrt {'|'.join(family.wrt_choices)}; defaults: {params}]")
     print("estimators (--estimator):")
     for estimator in ESTIMATORS.values():
         print(f"  {estimator.name:20s} {estimator.summary}")

@@ -60,19 +60,20 @@ def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def variance_vs_theta(group: pd.DataFrame, title: str, path: Path) -> Path:
-    """Per-sample variance vs θ at the largest N, with 95% intervals."""
+def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) -> Path:
+    """Per-sample variance against column ``x`` (θ, or a problem parameter such as k) at the largest N."""
     n_max = group["n_samples"].max()
     rows_all = _positive(group[group["n_samples"] == n_max], "per_sample_var")
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     for estimator, rows in rows_all.groupby("estimator", sort=False):
-        rows = rows.sort_values("theta")
+        rows = rows.sort_values(x)
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows["theta"], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
+        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
                     color=_colour(estimator), label=estimator)  # fmt: skip
-    ax.set(yscale="log", xlabel="θ", ylabel=f"per-sample variance (N = {n_max})")
+    label = "θ" if x == "theta" else x
+    ax.set(yscale="log", xlabel=label, ylabel=f"per-sample variance (N = {n_max})")
     ax.legend(fontsize=8)
-    ax.set_title(f"{title}: variance vs θ", fontsize=10)
+    ax.set_title(f"{title}: variance vs {label}", fontsize=10)
     return _save(fig, path)
 
 
@@ -108,22 +109,6 @@ def throughput(group: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)", ylabel="samples / second")
     ax.legend(fontsize=8)
     ax.set_title(f"{title}: throughput (vectorised over replicates)", fontsize=10)
-    return _save(fig, path)
-
-
-def variance_vs_parameter(group: pd.DataFrame, parameter: str, title: str, path: Path) -> Path:
-    """Per-sample variance vs a problem parameter (e.g. k of Mohamed et al. Fig. 2) at the largest N."""
-    n_max = group["n_samples"].max()
-    rows_all = _positive(group[group["n_samples"] == n_max], "per_sample_var")
-    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
-    for estimator, rows in rows_all.groupby("estimator", sort=False):
-        rows = rows.sort_values(parameter)
-        err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows[parameter], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
-                    color=_colour(estimator), label=estimator)  # fmt: skip
-    ax.set(yscale="log", xlabel=parameter, ylabel=f"per-sample variance (N = {n_max})")
-    ax.legend(fontsize=8)
-    ax.set_title(f"{title}: variance vs {parameter}", fontsize=10)
     return _save(fig, path)
 
 

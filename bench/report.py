@@ -162,7 +162,7 @@ def _parameter_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
                 fixed = fixed if isinstance(fixed, tuple) else (fixed,)
                 label = ", ".join(f"{name}={value:g}" for name, value in zip(["θ", *others], fixed))
                 title = f"{problem} wrt {wrt} ({label})"
-                path = plots.variance_vs_parameter(
+                path = plots.per_sample_variance_vs(
                     rows, parameter, title, out_dir / f"{_slug(problem, wrt, 'vs', parameter, *fixed, device, dtype)}.png"
                 )
                 lines += [f"### {title} [{device}, {dtype}]: variance against {parameter}", "", f"![]({path.name})", ""]
@@ -211,7 +211,7 @@ def write_report(out_dir: Path) -> Path:
             plots.throughput(group, title, out_dir / f"{slug}_throughput.png"),
         ]
         if group["theta"].nunique() > 1:
-            figures.insert(1, plots.variance_vs_theta(group, title, out_dir / f"{slug}_variance_vs_theta.png"))
+            figures.insert(1, plots.per_sample_variance_vs(group, "theta", title, out_dir / f"{slug}_variance_vs_theta.png"))
         lines += [f"![]({path.name})" for path in figures] + [""]
         lines += [
             "Cost evaluations per sample: "
