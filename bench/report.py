@@ -222,6 +222,11 @@ def write_report(out_dir: Path) -> Path:
         mine = skipped[(skipped["problem"] == problem) & (skipped["problem_params"] == params_json) & (skipped["wrt"] == wrt)]
         for (estimator, note), _ in mine.groupby(["estimator", "note"], sort=False):
             lines.append(f"- skipped `{estimator}` where it does not apply: {note}")
+        # "estimates are constant" (naive when θ only enters p) is already explained under Biased estimators.
+        noted = group[(group["note"] != "") & (group["note"] != "estimates are constant")]
+        for note, rows in noted.groupby("note", sort=False):
+            where = ", ".join(sorted({f"{r.estimator} θ={r.theta:g} N={r.n_samples}" for r in rows.itertuples()}))
+            lines.append(f"- ⚠ {note} ({where})")
         lines.append("")
     if len(ok):
         sweeps = _parameter_sweeps(ok, out_dir)

@@ -146,6 +146,18 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch,
     assert cli.main([*TINY, "--theta", "3", "--out", str(tmp_path), "--no-report"]) == 0  # errors are retried
 
 
+def test_cells_with_an_infinite_fourth_moment_are_flagged_in_table_and_report(tmp_path):
+    args = ["run", "--problem", "gaussian_exp", "--wrt", "sigma", "--set", "k=-0.2", "--set", "mu=0.5",
+            "--theta", "0.5,1.2", "--estimator", "pathwise", "--n", "10", "--replicates", "200",
+            "--dtype", "float64", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert cli.main(args) == 0
+    table = load_table(tmp_path / "table.csv").set_index("theta")
+    assert (table["dtype"] == "float64").all()
+    assert table.loc[0.5, "note"] == ""  # 1 + 8kσ² = 0.6 > 0
+    assert "fourth moment is infinite" in table.loc[1.2, "note"]  # 1 + 8kσ² = −1.3
+    assert "⚠ f = exp(−kx²) with k < 0" in (tmp_path / "report.md").read_text()
+
+
 BAD_INPUT = [
     (["--problem", "gaussian_cos", "--wrt", "sigma", "--theta", "0"], "outside the valid range"),
     (["--problem", "gaussian_cos", "--wrt", "sigma", "--theta=-1"], "sigma is a Gaussian scale"),
