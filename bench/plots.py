@@ -14,7 +14,8 @@ import seaborn as sns  # noqa: E402
 
 from estimators import ESTIMATORS  # noqa: E402
 
-Z95 = 1.959963984540054
+from .statistics import Z95  # noqa: E402
+
 _PALETTE = dict(zip(ESTIMATORS, sns.color_palette("colorblind", len(ESTIMATORS))))
 
 

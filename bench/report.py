@@ -13,6 +13,7 @@ import pandas as pd
 from estimators import ESTIMATORS, ProblemError, make_problem
 
 from . import environment, plots
+from .statistics import BIAS_ALPHA, Z95, bias_critical_z
 from .table import TABLE_NAME, latest_rows, load_table
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
@@ -87,7 +88,7 @@ def ranking_table(rows: pd.DataFrame) -> list[str]:
         ratio = _ratio(row["work_normalized_var"], best) if row["rank"] is not None else math.nan
         lines.append(
             f"| {row['rank'] if row['rank'] is not None else '—'} | {row['estimator']} "
-            f"| {_fmt(row['grad_mean'])} ± {_fmt(1.959964 * row['bias_se'], 2)} | {_fmt(row['true_grad'])} "
+            f"| {_fmt(row['grad_mean'])} ± {_fmt(Z95 * row['bias_se'], 2)} | {_fmt(row['true_grad'])} "
             f"| {_verdict(row)} ({_fmt(row['bias_z'], 3)}) "
             f"| {_fmt(row['per_sample_var'])} [{_fmt(row['grad_var_ci_low'] * n)}, {_fmt(row['grad_var_ci_high'] * n)}] "
             f"| {_fmt(row['seconds_per_estimate'] * 1e6, 3)} | {_fmt(row['work_normalized_var'], 3)} | {_fmt(ratio, 3)} |"
@@ -125,14 +126,13 @@ def _bias_warnings(ok: pd.DataFrame) -> list[str]:
     lines = []
     flagged = ok[ok["biased"].astype(bool)]
     # The seed problem first: it is the case users meet in practice (a wrong, non-zero gradient).
-    order = sorted(flagged.groupby(["problem", "wrt", "estimator"], sort=False).groups, key=lambda k: k[0] != "seed_dependent")
-    for problem, wrt, estimator in order:
-        rows = flagged[(flagged["problem"] == problem) & (flagged["wrt"] == wrt) & (flagged["estimator"] == estimator)]
+    groups = sorted(flagged.groupby(["problem", "wrt", "estimator"], sort=False), key=lambda g: g[0][0] != "seed_dependent")
+    for (problem, wrt, estimator), rows in groups:
         worst = rows.loc[rows["bias_z"].abs().idxmax()]
         lines.append(
             f"- **{estimator}** on `{problem}` wrt {wrt}: biased in {len(rows)} cells. Worst: "
             f"`{_title(problem, worst['problem_params'], wrt)}` at θ = {worst['theta']:g}, N = {worst['n_samples']}: mean "
-            f"{_fmt(worst['grad_mean'])} ± {_fmt(1.959964 * worst['bias_se'], 2)}, exact {_fmt(worst['true_grad'])} "
+            f"{_fmt(worst['grad_mean'])} ± {_fmt(Z95 * worst['bias_se'], 2)}, exact {_fmt(worst['true_grad'])} "
             f"(bias {_fmt(worst['bias'])}, z = {_fmt(worst['bias_z'], 3)})."
             + (" **Theory says this estimator is unbiased here: a bug or a false alarm.**" if worst["expected_unbiased"] else "")
         )
@@ -186,7 +186,8 @@ def write_report(out_dir: Path) -> Path:
         "each cell's own seed is in the table.",
         "",
         "How to read it: each cell draws M independent estimates of dL/dθ, each from N samples. *Bias* is their mean "
-        "minus the exact gradient; an estimator is flagged **BIASED** when |z| = |bias| / se exceeds 3.29 (p < 0.001). "
+        "minus the exact gradient; an estimator is flagged **BIASED** when |z| = |bias| / se exceeds "
+        f"{bias_critical_z():.3g} (two-sided p < {BIAS_ALPHA:g}). "
         "*Variance* is that of one N-sample estimate, with a 95% interval (Bonett 2006) that stays honest for "
         "heavy-tailed estimates; per-sample variance = variance × N. *Work-normalised variance* = variance × seconds per "
         "estimate: the variance you get for a fixed compute budget (lower is better). Rankings use it and leave biased "

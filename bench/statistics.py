@@ -10,11 +10,17 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
+Z95 = float(stats.norm.ppf(0.975))  # half-width multiplier of the 95% intervals shown in reports and plots
 # An estimator is flagged biased when its bias is significant at this two-sided level. Strict, because a
 # report holds many cells and a false "biased" label is a costly mistake to make about an estimator.
 BIAS_ALPHA = 0.001
 # Target relative standard error of the variance when the replicate count is chosen automatically.
 TARGET_VARIANCE_REL_SE = 0.05
+
+
+def bias_critical_z() -> float:
+    """|bias z| above which a cell is flagged biased (two-sided level BIAS_ALPHA)."""
+    return float(stats.norm.isf(BIAS_ALPHA / 2))
 
 
 @dataclass(frozen=True)
