@@ -22,7 +22,9 @@ PILOT_REPLICATES = 400
 AUTO_MIN_REPLICATES = 800  # Gaussian estimates: 5% relative s.e. of the variance needs M ≈ 800
 AUTO_MAX_REPLICATES = 20_000
 MAX_SAMPLES_PER_CELL = 1 << 24  # caps M·N for auto replicates; the achieved precision is in grad_var_rel_se
-TIMING_SAMPLES = 1 << 20  # a timed call holds about this many samples (at least one estimate)
+# A timed call holds about this many samples (at least one estimate) whatever M is, so throughput is
+# comparable across cells, and calls are short enough for ~10+ timed blocks per cell.
+TIMING_SAMPLES = 1 << 18
 TIMING_MIN_RUN_TIME = 0.15  # seconds of timed blocks per cell; shorter windows gave ±2× noise on 2 cores
 
 
@@ -108,7 +110,7 @@ def measure_cell(cell: Cell, base_seed: int) -> dict:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
     summary = summarize(finite, row["true_grad"])
 
-    timing_replicates = min(replicates, max(1, TIMING_SAMPLES // cell.n_samples))
+    timing_replicates = max(1, TIMING_SAMPLES // cell.n_samples)
     seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
     seconds_per_estimate = seconds / timing_replicates
     row.update(
