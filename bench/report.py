@@ -198,6 +198,15 @@ def write_report(out_dir: Path) -> Path:
         "estimators unranked, because no amount of averaging removes bias.",
         "",
     ]
+    versions = frame[["git_sha", "torch_version"]].drop_duplicates()
+    if len(versions) > 1:
+        listed = "; ".join(f"{r.git_sha} with torch {r.torch_version}" for r in versions.itertuples())
+        lines += [
+            f"> **Mixed versions:** these rows were measured by {len(versions)} code/torch versions ({listed}). "
+            "Re-running into a folder resumes it, so rows from before a change are kept; use a fresh `--out` "
+            "to compare versions cleanly.",
+            "",
+        ]
     if len(ok):
         warnings = _bias_warnings(ok)
         lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]

@@ -81,6 +81,15 @@ def test_report_command_rerenders_without_rerunning(tiny_run, capsys):
     assert digest(tiny_run / "table.csv") == before
 
 
+def test_report_warns_when_rows_come_from_different_code_versions(tiny_run, tmp_path, capsys):
+    table = pd.read_csv(tiny_run / "table.csv", keep_default_na=False, dtype=str)
+    table.loc[:3, "git_sha"] = "0123abc"
+    table.to_csv(tmp_path / "table.csv", index=False)
+    assert run_cli(["report", str(tmp_path)], capsys)[0] == 0
+    assert "**Mixed versions:**" in (tmp_path / "report.md").read_text()
+    assert "Mixed versions" not in (tiny_run / "report.md").read_text()
+
+
 def test_rerunning_the_same_command_skips_finished_cells(tiny_run, capsys):
     before = digest(tiny_run / "table.csv")
     code, out, _ = run_cli([*TINY, "--out", str(tiny_run), "--no-report"], capsys)
