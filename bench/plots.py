@@ -25,8 +25,11 @@ def _colour(estimator: str):
 
 def _save(fig, path: Path) -> Path:
     for ax in fig.axes:
-        # Minor ticks on log axes spanning many decades cost seconds per figure and add nothing here.
-        ax.minorticks_off()
+        for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            # Minor ticks on log axes spanning many decades cost seconds per figure and add nothing; on a
+            # short log axis they carry the only labels, so they stay there.
+            if axis.get_scale() == "log" and low > 0 and high / low > 100:
+                axis.set_minor_locator(matplotlib.ticker.NullLocator())
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -78,23 +81,37 @@ def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) 
     return _save(fig, path)
 
 
+def _bias_panel(ax, rows: pd.DataFrame) -> None:
+    rows = rows.reset_index(drop=True)
+    for i, row in rows.iterrows():
+        colour = "tab:red" if row["biased"] else _colour(row["estimator"])
+        ax.errorbar(i, row["bias"], yerr=Z95 * row["bias_se"], marker="o", capsize=4, color=colour)
+        if row["biased"]:
+            ax.annotate(f"BIASED {row['bias']:.3g}", (i, row["bias"]), textcoords="offset points", xytext=(5, 5),
+                        color="tab:red", fontsize=8, weight="bold")  # fmt: skip
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(rows)), rows["estimator"], rotation=35, ha="right", fontsize=8)
+
+
 def bias(group: pd.DataFrame, title: str, path: Path) -> Path:
-    """Bias at the largest N with its 95% interval; biased cells are drawn red and labelled."""
+    """Bias at the largest N with its 95% interval, per θ; biased cells are red and labelled.
+
+    When something is biased, a second row zooms in on the others, whose intervals would otherwise be
+    squashed to a dot by the biased one's scale.
+    """
     n_max = group["n_samples"].max()
     rows = group[group["n_samples"] == n_max].sort_values(["theta", "estimator"])
     thetas = sorted(rows["theta"].unique())
-    fig, axes = plt.subplots(1, len(thetas), figsize=(3.6 * len(thetas) + 0.8, 3.8), squeeze=False, layout="constrained")
-    for ax, theta in zip(axes[0], thetas):
-        at_theta = rows[rows["theta"] == theta].reset_index(drop=True)
-        for i, row in at_theta.iterrows():
-            colour = "tab:red" if row["biased"] else _colour(row["estimator"])
-            ax.errorbar(i, row["bias"], yerr=Z95 * row["bias_se"], marker="o", capsize=4, color=colour)
-            if row["biased"]:
-                ax.annotate("BIASED", (i, row["bias"]), textcoords="offset points", xytext=(5, 5),
-                            color="tab:red", fontsize=8, weight="bold")  # fmt: skip
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(range(len(at_theta)), at_theta["estimator"], rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"θ = {theta:g}", fontsize=9)
+    zoom = bool(rows["biased"].astype(bool).any())
+    fig, axes = plt.subplots(1 + zoom, len(thetas), figsize=(3.6 * len(thetas) + 0.8, 3.8 * (1 + zoom)),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    for column, theta in enumerate(thetas):
+        at_theta = rows[rows["theta"] == theta]
+        _bias_panel(axes[0][column], at_theta)
+        axes[0][column].set_title(f"θ = {theta:g}", fontsize=9)
+        if zoom:
+            _bias_panel(axes[1][column], at_theta[~at_theta["biased"].astype(bool)])
+            axes[1][column].set_title(f"θ = {theta:g}, estimators not flagged biased", fontsize=9)
     axes[0][0].set_ylabel(f"bias = mean − exact (N = {n_max}), 95% CI")
     fig.suptitle(f"{title}: bias", fontsize=10)
     return _save(fig, path)
