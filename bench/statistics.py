@@ -41,8 +41,8 @@ class EstimateSummary:
 
 
 def kurtosis(x: np.ndarray) -> float:
-    """Pearson kurtosis m4 / m2² (3 for a Gaussian); nan for constant data."""
-    if np.ptp(x) == 0:
+    """Pearson kurtosis m4 / m2² (3 for a Gaussian); nan for constant data or fewer than 4 values."""
+    if x.size < 4 or np.ptp(x) == 0:
         return math.nan
     return float(stats.kurtosis(x, fisher=False, bias=True))
 

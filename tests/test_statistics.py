@@ -1,0 +1,55 @@
+"""The statistics helpers on their own: edge cases and the formulas' known values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.measure import choose_replicates
+from bench.statistics import (
+    bias_critical_z,
+    kurtosis,
+    replicates_for_relative_se,
+    summarize,
+    variance_interval,
+    variance_relative_se,
+)
+
+
+def test_kurtosis_is_nan_where_undefined_and_three_for_gaussian_data():
+    assert math.isnan(kurtosis(np.array([])))
+    assert math.isnan(kurtosis(np.full(100, 2.5)))
+    x = np.random.default_rng(0).standard_normal(200_000)
+    assert kurtosis(x) == pytest.approx(3.0, abs=0.05)
+
+
+def test_replicate_rule_gives_800_for_gaussian_estimates_and_more_for_heavy_tails():
+    assert replicates_for_relative_se(3.0) == 800  # (3 − 1) / 0.05²
+    assert replicates_for_relative_se(15.0) == 5600
+    assert variance_relative_se(3.0, 800) == pytest.approx(0.05, rel=0.01)
+
+
+def test_choose_replicates_respects_its_bounds_and_survives_all_nonfinite_pilots():
+    assert choose_replicates(np.full(400, np.nan), 10) == 800  # unknown kurtosis: the Gaussian default
+    heavy = np.random.default_rng(1).standard_t(5, 400)
+    assert 800 <= choose_replicates(heavy, 1) <= 20_000
+    assert choose_replicates(heavy, 10**6) == 100  # M·N capped at 2^24, never below 100
+
+
+def test_constant_estimates_have_a_zero_width_interval_and_certain_bias():
+    assert variance_interval(np.zeros(50)) == (0.0, 0.0)
+    wrong = summarize(np.zeros(50), true_grad=2.0)
+    assert wrong.biased and wrong.bias_z == -math.inf
+    right = summarize(np.zeros(50), true_grad=0.0)
+    assert not right.biased and right.bias_z == 0.0
+
+
+def test_variance_interval_needs_five_values():
+    with pytest.raises(ValueError, match="at least 5"):
+        variance_interval(np.arange(4.0))
+
+
+def test_bias_threshold_is_the_two_sided_0_001_critical_value():
+    assert bias_critical_z() == pytest.approx(3.2905, abs=1e-4)
