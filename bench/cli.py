@@ -25,25 +25,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `varbench {self.prog.split()[-1]} --help`)")
 
 
-def _floats(text: str, what: str) -> tuple[float, ...]:
+def _parse_list(text: str, what: str, convert, kind: str) -> tuple:
     values = []
     for item in text.split(","):
-        item = item.strip()
         try:
-            values.append(float(item))
+            values.append(convert(item.strip()))
         except ValueError:
-            raise UsageError(f"{what} must be a comma-separated list of numbers, got {item!r}") from None
+            raise UsageError(f"{what} must be a comma-separated list of {kind}, got {item.strip()!r}") from None
     return tuple(values)
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    return _parse_list(text, what, float, "numbers")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
-    values = []
-    for item in text.split(","):
-        try:
-            values.append(int(item.strip()))
-        except ValueError:
-            raise UsageError(f"{what} must be a comma-separated list of integers, got {item.strip()!r}") from None
-    return tuple(values)
+    return _parse_list(text, what, int, "integers")
 
 
 def _params(assignments: list[str]) -> dict[str, tuple[float, ...]]:

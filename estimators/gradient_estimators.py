@@ -110,14 +110,14 @@ def _needs_two_samples(problem: Problem, n_samples: int) -> str | None:
 def _needs_rsample(problem: Problem, n_samples: int) -> str | None:
     if not problem.cost_is_differentiable:
         return "the cost is not differentiable in x"
-    probe = problem.distribution(torch.full((1,), problem.valid_theta()))
+    probe = problem.example_distribution()
     if not probe.has_rsample:
         return f"{type(probe).__name__} has no reparameterised sampler (rsample)"
     return None
 
 
 def _needs_gaussian(problem: Problem, n_samples: int) -> str | None:
-    probe = problem.distribution(torch.full((1,), problem.valid_theta()))
+    probe = problem.example_distribution()
     if not isinstance(probe, Normal):
         return f"the measure-valued estimator is implemented for Gaussians only, not {type(probe).__name__}"
     return None
@@ -132,8 +132,7 @@ def _one_evaluation(problem: Problem) -> int:
 
 
 def _measure_valued_evaluations(problem: Problem) -> int:
-    probe_theta = torch.full((1,), problem.valid_theta(), requires_grad=True)
-    dist = problem.distribution(probe_theta)
+    dist = problem.example_distribution(requires_grad=True)
     pairs = int(dist.loc.requires_grad) + int(dist.scale.requires_grad)
     return 2 * pairs + int(problem.cost_depends_on_theta)
 

@@ -54,8 +54,12 @@ class Problem:
         inner = ", ".join(f"{k}={v:g}" for k, v in sorted(self.params.items()))
         return f"{self.name}({inner}) wrt {self.wrt}"
 
+    def example_distribution(self, requires_grad: bool = False) -> Distribution:
+        """The distribution at one valid θ (batch shape [1]), to inspect its type and which parameters θ moves."""
+        return self.distribution(torch.full((1,), self.valid_theta(), requires_grad=requires_grad))
+
     def valid_theta(self) -> float:
-        """Some θ inside the valid range, for probing the distribution's type and parameters."""
+        """Some θ inside the valid range."""
         low, high = self.theta_range
         if low < 1.0 < high:
             return 1.0
