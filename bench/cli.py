@@ -7,13 +7,20 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from estimators import ESTIMATORS, PROBLEM_FAMILIES, EstimatorError, ProblemError
+from estimators import (
+    ESTIMATORS,
+    PROBLEM_FAMILIES,
+    VARIANCE_REDUCTIONS,
+    EstimatorError,
+    ProblemError,
+    VarianceReductionError,
+)
 
 from .environment import DeviceError
 from .grid import DTYPES, PRESETS, GridError, Sweep, expand, preset
 from .table import TableError
 
-USER_ERRORS = (ProblemError, EstimatorError, GridError, DeviceError, TableError)
+USER_ERRORS = (ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError)
 
 
 class UsageError(ValueError):
@@ -43,22 +50,24 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return _parse_list(text, what, int, "integers")
 
 
-def _params(assignments: list[str]) -> dict[str, tuple[float, ...]]:
+def _params(assignments: list[str], flag: str = "--set") -> dict[str, tuple[float, ...]]:
     params: dict[str, tuple[float, ...]] = {}
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set takes NAME=VALUE[,VALUE…], got {assignment!r}")
-        params[key.strip()] = _floats(value, f"--set {key.strip()}")
+            raise UsageError(f"{flag} takes NAME=VALUE[,VALUE…], got {assignment!r}")
+        params[key.strip()] = _floats(value, f"{flag} {key.strip()}")
     return params
 
 
 def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
     devices = tuple(d.strip() for d in args.device.split(","))
     if args.preset:
-        explicit = [flag for flag in ("problem", "theta", "n", "estimator", "wrt") if getattr(args, flag) is not None]
-        if explicit or args.set:
-            raise UsageError(f"--preset fixes the grid; drop --{(explicit or ['set'])[0]} or drop --preset")
+        explicit = [flag for flag in ("problem", "theta", "n", "estimator", "wrt", "variance_reduction")
+                    if getattr(args, flag) is not None]  # fmt: skip
+        explicit += ["set"] * bool(args.set) + ["estimator-param"] * bool(args.estimator_param)
+        if explicit:
+            raise UsageError(f"--preset fixes the grid; drop --{explicit[0].replace('_', '-')} or drop --preset")
         sweeps = preset(args.preset, devices)
         replicates = _replicates(args.replicates)
         return [dataclasses.replace(s, replicates=replicates, dtype=args.dtype) for s in sweeps]
@@ -76,6 +85,8 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
             devices=devices,
             wrt=args.wrt,
             params=_params(args.set),
+            estimator_params=_params(args.estimator_param, "--estimator-param"),
+            variance_reductions=tuple(v.strip() for v in (args.variance_reduction or "none").split(",")),
             dtype=args.dtype,
             replicates=_replicates(args.replicates),
         )
@@ -129,7 +140,11 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  {family.name:20s} {family.summary} [wrt {'|'.join(family.wrt_choices)}; defaults: {params}]")
     print("estimators (--estimator):")
     for estimator in ESTIMATORS.values():
-        print(f"  {estimator.name:20s} {estimator.summary}")
+        params = ", ".join(f"{k}={v:g}" for k, v in estimator.parameters.items())
+        print(f"  {estimator.name:20s} {estimator.summary}" + (f" [parameters: {params}]" if params else ""))
+    print("variance reductions (--variance-reduction):")
+    for scheme in VARIANCE_REDUCTIONS.values():
+        print(f"  {scheme.name:20s} {scheme.summary}")
     print(f"presets (--preset): {', '.join(PRESETS)}")
     return 0
 
@@ -146,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wrt", help="parameter θ stands for (mu or sigma for the Gaussian costs)")
     run.add_argument("--theta", help="θ values, e.g. 0,1,3 (for a leading minus write --theta=-1,2); default 1")
     run.add_argument("--estimator", help="estimator name(s), comma-separated, or all (default)")
+    run.add_argument("--estimator-param", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
+                     help="estimator parameter, e.g. --estimator-param temperature=0.1,0.5 (several values sweep it)")  # fmt: skip
+    run.add_argument("--variance-reduction", help="scheme(s), comma-separated (see `varbench list`); default none")
     run.add_argument("--n", help="samples per estimate, e.g. 1,10,100,1000 (the default)")
     run.add_argument("--replicates", default="auto", help="estimates per cell, or auto (5%% relative s.e. of the variance)")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated, or auto (= all available)")

@@ -1,6 +1,7 @@
 """Sweeps are declared, not scripted: a Sweep is a grid of values per axis; its cells are the product.
 
-A Cell is one (problem, params, wrt, θ, estimator, N, device, dtype) measurement. Its seed is a hash of
+A Cell is one (problem, params, wrt, θ, estimator, estimator parameters, variance reduction, N, device, dtype)
+measurement. Its seed is a hash of
 the base seed and the cell, so any cell re-run alone gives the same numbers.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators import ESTIMATORS, get_estimator, make_problem
+from estimators import ESTIMATORS, describe, get_estimator, get_variance_reduction, make_problem
 from estimators.problems import Problem
 
 from .environment import resolve_devices
@@ -37,17 +38,33 @@ class Cell:
     device: str
     dtype: str = "float32"
     replicates: int | None = None  # None: chosen from a pilot run's kurtosis
+    # The estimator's parameters, all of them resolved (defaults included), sorted by name.
+    estimator_params: tuple[tuple[str, float], ...] = ()
+    variance_reduction: str = "none"
 
     @property
     def params_json(self) -> str:
         return json.dumps(dict(self.params), sort_keys=True)
 
     @property
+    def estimator_params_json(self) -> str:
+        return json.dumps(dict(self.estimator_params), sort_keys=True)
+
+    @property
+    def method(self) -> str:
+        """The estimator variant, e.g. ``gumbel_softmax[temperature=0.5]+antithetic``."""
+        return describe(self.estimator, dict(self.estimator_params), self.variance_reduction)
+
+    @property
     def identity(self) -> str:
-        return "|".join(
-            [self.problem, self.params_json, self.wrt, repr(float(self.theta)), self.estimator,
-             str(self.n_samples), self.device, self.dtype]
-        )  # fmt: skip
+        parts = [self.problem, self.params_json, self.wrt, repr(float(self.theta)), self.estimator,
+                 str(self.n_samples), self.device, self.dtype]  # fmt: skip
+        # Appended only when set, so cells of plain estimators keep the ids (and seeds) they always had.
+        if self.estimator_params:
+            parts.append(self.estimator_params_json)
+        if self.variance_reduction != "none":
+            parts.append(self.variance_reduction)
+        return "|".join(parts)
 
     @property
     def cell_id(self) -> str:
@@ -76,6 +93,28 @@ class Sweep:
     params: dict[str, tuple[float, ...]] = field(default_factory=dict)
     dtype: str = "float32"
     replicates: int | None = None
+    # Estimator parameters to sweep, e.g. {"temperature": (0.1, 0.5, 1.0)}: each estimator takes the product of
+    # the ones it declares and its defaults for the rest; estimators without them are unaffected.
+    estimator_params: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    variance_reductions: tuple[str, ...] = ("none",)
+
+    def _estimator_variants(self) -> list[tuple[str, tuple[tuple[str, float], ...]]]:
+        variants = []
+        declared = set()
+        for name in self.estimators:
+            estimator = get_estimator(name)
+            declared |= set(estimator.parameters)
+            keys = sorted(k for k in self.estimator_params if k in estimator.parameters)
+            for values in itertools.product(*(self.estimator_params[k] for k in keys)):
+                options = estimator.resolve_options(dict(zip(keys, values)))
+                variants.append((name, tuple(sorted(options.items()))))
+        unused = sorted(set(self.estimator_params) - declared)
+        if unused:
+            raise GridError(
+                f"no estimator in this sweep has parameter {', '.join(unused)} "
+                f"(estimators: {', '.join(self.estimators)})"
+            )
+        return variants
 
     def cells(self) -> list[Cell]:
         """Validate every axis and expand the grid; raises before anything runs."""
@@ -86,8 +125,9 @@ class Sweep:
         for n in self.n_samples:
             if int(n) != n or n < 1:
                 raise GridError(f"N (samples per estimate) must be an integer >= 1, got {n}")
-        for name in self.estimators:
-            get_estimator(name)
+        variants = self._estimator_variants()
+        for scheme in self.variance_reductions:
+            get_variance_reduction(scheme)
         devices = resolve_devices(",".join(self.devices))
         keys = sorted(self.params)
         cells = []
@@ -97,12 +137,12 @@ class Sweep:
             for theta in self.thetas:
                 problem.check_theta(theta)
             resolved = tuple(sorted(problem.params.items()))
-            for theta, estimator, n, device in itertools.product(
-                self.thetas, self.estimators, self.n_samples, devices
+            for theta, (estimator, options), scheme, n, device in itertools.product(
+                self.thetas, variants, self.variance_reductions, self.n_samples, devices
             ):
                 cells.append(
                     Cell(problem.name, resolved, problem.wrt, float(theta), estimator, int(n), device,
-                         self.dtype, self.replicates)
+                         self.dtype, self.replicates, options, scheme)
                 )  # fmt: skip
         return cells
 

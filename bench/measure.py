@@ -12,6 +12,7 @@ import torch
 from torch.utils import benchmark
 
 from estimators import estimate, get_estimator
+from estimators.variance_reduction import compose
 
 from . import environment
 from .grid import DTYPES, Cell
@@ -42,6 +43,9 @@ def base_row(cell: Cell, base_seed: int, started_at: str) -> dict:
         wrt=cell.wrt,
         theta=float(cell.theta),
         estimator=cell.estimator,
+        estimator_params=cell.estimator_params_json,
+        variance_reduction=cell.variance_reduction,
+        method=cell.method,
         device=cell.device,
         device_name=environment.device_name(cell.device),
         dtype=cell.dtype,
@@ -84,14 +88,16 @@ def measure_cell(cell: Cell, base_seed: int) -> dict:
     row["cost_evals_per_sample"] = estimator.cost_evaluations(problem)
     row["true_grad"] = problem.gradient(cell.theta)
     row["expected_unbiased"] = estimator.unbiased_for(problem)
-    reason = estimator.skip_reason(problem, cell.n_samples)
-    if reason is not None:
+    options = dict(cell.estimator_params)
+    reason = compose(cell.variance_reduction, estimator, problem, cell.n_samples)
+    if isinstance(reason, str):
         row.update(status="skipped", note=reason, elapsed_s=time.perf_counter() - started)
         return row
 
     def draw(replicates: int) -> torch.Tensor:
         return estimate(estimator, problem, cell.theta, cell.n_samples, replicates,
-                        device=cell.device, dtype=DTYPES[cell.dtype])  # fmt: skip
+                        device=cell.device, dtype=DTYPES[cell.dtype], options=options,
+                        variance_reduction=cell.variance_reduction)  # fmt: skip
 
     seed = row["seed"]
     if cell.replicates is None:

@@ -19,8 +19,10 @@ from .statistics import Z95  # noqa: E402
 _PALETTE = dict(zip(ESTIMATORS, sns.color_palette("colorblind", len(ESTIMATORS))))
 
 
-def _colour(estimator: str):
-    return _PALETTE.get(estimator, (0.3, 0.3, 0.3))
+def _colour(method: str):
+    # A variant (gumbel_softmax[temperature=0.5]+antithetic) keeps its base estimator's colour.
+    base = method.split("[")[0].split("+")[0]
+    return _PALETTE.get(base, (0.3, 0.3, 0.3))
 
 
 def _save(fig, path: Path) -> Path:

@@ -177,6 +177,8 @@ def write_report(out_dir: Path) -> Path:
     """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``."""
     out_dir = Path(out_dir)
     frame = latest_rows(load_table(out_dir / TABLE_NAME))
+    # The report compares estimator variants (parameters, variance reduction), so they are its "estimators".
+    frame = frame.assign(estimator=frame["method"])
     ok = frame[frame["status"] == "ok"].copy()
     skipped = frame[frame["status"] == "skipped"]
     errors = frame[frame["status"] == "error"]

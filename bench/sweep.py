@@ -54,7 +54,7 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
     bar = tqdm(todo, desc="varbench", unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                mininterval=interval)  # fmt: skip
     for cell in bar:
-        bar.set_postfix_str(f"{cell.problem} {cell.estimator} N={cell.n_samples}", refresh=False)
+        bar.set_postfix_str(f"{cell.problem} {cell.method} N={cell.n_samples}", refresh=False)
         try:
             row = measure.measure_cell(cell, base_seed)
         except Exception as error:  # one bad cell must not cost the others; it is recorded and retried later

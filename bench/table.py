@@ -12,7 +12,7 @@ import pandas as pd
 
 # (column, type, meaning). results/README.md documents the same schema; a test keeps the two in sync.
 SCHEMA: list[tuple[str, str, str]] = [
-    ("cell_id", "str", "hash of the cell's identity (problem, params, wrt, theta, estimator, N, device, dtype)"),
+    ("cell_id", "str", "hash of the cell's identity (problem, params, wrt, theta, estimator, N, device, dtype, and estimator_params and variance_reduction when set)"),
     ("status", "str", "ok | skipped (estimator does not apply; see note) | error (see note)"),
     ("note", "str", "why a cell was skipped or failed; empty when ok"),
     ("problem", "str", "problem family name (see `varbench list`)"),
@@ -20,6 +20,9 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("wrt", "str", "the parameter θ stands for: theta (seed problems), mu or sigma (Gaussian costs)"),
     ("theta", "float", "value of θ at which the gradient is estimated"),
     ("estimator", "str", "estimator name (see `varbench list`)"),
+    ("estimator_params", "str", "the estimator's own parameters as JSON with sorted keys, defaults included, e.g. {\"temperature\": 0.5}; {} when it has none"),
+    ("variance_reduction", "str", "variance-reduction scheme composed with the estimator (see `varbench list`); none = plain Monte Carlo"),
+    ("method", "str", "display name of the estimator variant: estimator[params]+variance_reduction, e.g. gumbel_softmax[temperature=0.5]"),
     ("device", "str", "torch device the estimates were computed on (cpu, cuda, cuda:1, …)"),
     ("device_name", "str", "CPU model or GPU name of that device"),
     ("dtype", "str", "floating-point type of the computation (float32 or float64)"),

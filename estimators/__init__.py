@@ -3,8 +3,14 @@
 No I/O, no sweeps, no timing: those live in ``bench``.
 """
 
-from .gradient_estimators import ESTIMATORS, Estimator, EstimatorError, estimate, get_estimator
+from .gradient_estimators import ESTIMATORS, Estimator, EstimatorError, describe, estimate, get_estimator
 from .problems import PROBLEM_FAMILIES, Problem, ProblemError, ProblemFamily, make_problem
+from .variance_reduction import (
+    VARIANCE_REDUCTIONS,
+    VarianceReduction,
+    VarianceReductionError,
+    get_variance_reduction,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -14,7 +20,12 @@ __all__ = [
     "Problem",
     "ProblemError",
     "ProblemFamily",
+    "VARIANCE_REDUCTIONS",
+    "VarianceReduction",
+    "VarianceReductionError",
+    "describe",
     "estimate",
     "get_estimator",
+    "get_variance_reduction",
     "make_problem",
 ]

@@ -1,7 +1,9 @@
 """Monte Carlo gradient estimators as surrogate functions with one shared signature.
 
-Every estimator is ``surrogate(problem, theta, n_samples) -> Tensor[n_samples, *theta.shape]``: a per-sample
-surrogate whose gradient w.r.t. ``theta``, averaged over the sample dimension, *is* the estimate. ``theta``
+Every estimator is ``surrogate(problem, theta, n_samples, **options) -> Tensor[n_samples, *theta.shape]``: a
+per-sample surrogate whose gradient w.r.t. ``theta``, averaged over the sample dimension, *is* the estimate.
+``options`` are the estimator's own parameters (e.g. a relaxation temperature), declared with defaults in
+``Estimator.parameters``. ``theta``
 holds one independent copy of θ per replicate, so one backward pass yields all M replicate estimates at once
 (see ``estimate``). Estimators know nothing about files, sweeps or timing.
 """
@@ -9,8 +11,8 @@ holds one independent copy of θ per replicate, so one backward pass yields all 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -18,7 +20,8 @@ from torch.distributions import Chi2, Normal, Uniform, Weibull
 
 from .problems import Problem
 
-Surrogate = Callable[[Problem, Tensor, int], Tensor]
+# surrogate(problem, theta, n_samples, **options) -> Tensor[n_samples, *theta.shape]
+Surrogate = Callable[..., Tensor]
 
 
 class EstimatorError(ValueError):
@@ -137,6 +140,14 @@ def _measure_valued_evaluations(problem: Problem) -> int:
     return 2 * pairs + int(problem.cost_depends_on_theta)
 
 
+def _unbiased(problem: Problem) -> bool:
+    return True
+
+
+def _unbiased_when_p_is_fixed(problem: Problem) -> bool:
+    return not problem.distribution_depends_on_theta
+
+
 @dataclass(frozen=True)
 class Estimator:
     name: str
@@ -146,18 +157,39 @@ class Estimator:
     skip_reason: Callable[[Problem, int], str | None] = _always
     # Cost evaluations per sample: what throughput numbers should be read against.
     cost_evaluations: Callable[[Problem], int] = _one_evaluation
+    # Whether theory says the estimator is unbiased on a problem (the suite measures it anyway).
+    unbiased_for: Callable[[Problem], bool] = _unbiased
+    # The estimator's own parameters and their defaults, passed to the surrogate as keyword options.
+    parameters: Mapping[str, float] = field(default_factory=dict)
 
-    def unbiased_for(self, problem: Problem) -> bool:
-        """Whether theory says this estimator is unbiased on ``problem`` (the suite measures it anyway)."""
-        if self.name == "naive":
-            return not problem.distribution_depends_on_theta
-        return True
+    def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Defaults overridden by ``options``; raises EstimatorError on an unknown name or a non-finite value."""
+        given = dict(options or {})
+        unknown = sorted(set(given) - set(self.parameters))
+        if unknown:
+            allowed = ", ".join(self.parameters) or "none"
+            raise EstimatorError(f"estimator {self.name} has no parameter {', '.join(unknown)}; allowed: {allowed}")
+        resolved = dict(self.parameters)
+        for key, value in given.items():
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise EstimatorError(f"parameter {key} of {self.name} must be a number, got {value!r}") from None
+            if not math.isfinite(value):
+                raise EstimatorError(f"parameter {key} of {self.name} must be finite, got {value!r}")
+            resolved[key] = value
+        return resolved
 
 
 ESTIMATORS: dict[str, Estimator] = {
     e.name: e
     for e in (
-        Estimator("naive", naive, "∂f with x from .sample(): drops E[f ∂log p]; biased when p depends on θ"),
+        Estimator(
+            "naive",
+            naive,
+            "∂f with x from .sample(): drops E[f ∂log p]; biased when p depends on θ",
+            unbiased_for=_unbiased_when_p_is_fixed,
+        ),
         Estimator("score_function", score_function, "f ∂log p + ∂f (REINFORCE); unbiased, often noisy"),
         Estimator(
             "score_function_loo",
@@ -198,11 +230,14 @@ def estimate(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    options: Mapping[str, float] | None = None,
+    variance_reduction: str = "none",
     max_samples_per_chunk: int = 1 << 22,
 ) -> Tensor:
     """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples.
 
-    Replicates are independent copies of θ in a batch dimension, so one backward pass per chunk gives all of
+    ``options`` override the estimator's parameters; ``variance_reduction`` names a scheme from
+    ``VARIANCE_REDUCTIONS`` that is composed with the estimator. Replicates are independent copies of θ in a batch dimension, so one backward pass per chunk gives all of
     them; chunks (sized so a chunk holds at most ``max_samples_per_chunk`` samples) bound memory.
     Draws from torch's global generator on ``device``: seed it for reproducible numbers.
     """
@@ -210,16 +245,21 @@ def estimate(
         raise EstimatorError(f"n_samples must be >= 1, got {n_samples}")
     if n_replicates < 1:
         raise EstimatorError(f"n_replicates must be >= 1, got {n_replicates}")
-    reason = estimator.skip_reason(problem, n_samples)
-    if reason is not None:
-        raise EstimatorError(f"{estimator.name} does not apply to {problem.label} at N={n_samples}: {reason}")
+    resolved = estimator.resolve_options(options)
+    surrogate_or_reason = compose(variance_reduction, estimator, problem, n_samples)
+    if isinstance(surrogate_or_reason, str):
+        raise EstimatorError(
+            f"{describe(estimator.name, resolved, variance_reduction)} does not apply to {problem.label} "
+            f"at N={n_samples}: {surrogate_or_reason}"
+        )
+    surrogate_fn = surrogate_or_reason
     problem.check_theta(theta)
     chunk = max(1, min(n_replicates, max_samples_per_chunk // n_samples))
     pieces = []
     for start in range(0, n_replicates, chunk):
         size = min(chunk, n_replicates - start)
         theta_batch = torch.full((size,), float(theta), dtype=dtype, device=device, requires_grad=True)
-        surrogate = estimator.surrogate(problem, theta_batch, n_samples)
+        surrogate = surrogate_fn(problem, theta_batch, n_samples, **resolved)
         if surrogate.requires_grad:
             (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)
         else:
@@ -227,3 +267,17 @@ def estimate(
         # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
         pieces.append(torch.zeros_like(theta_batch) if grad is None else grad / n_samples)
     return torch.cat(pieces).detach()
+
+
+def describe(estimator: str, options: Mapping[str, float] | None = None, variance_reduction: str = "none") -> str:
+    """Display name of an estimator variant, e.g. ``gumbel_softmax[temperature=0.5]+antithetic``."""
+    label = estimator
+    if options:
+        label += "[" + ", ".join(f"{k}={v:g}" for k, v in sorted(options.items())) + "]"
+    if variance_reduction != "none":
+        label += f"+{variance_reduction}"
+    return label
+
+
+# Imported last: variance reductions compose with the estimators defined above.
+from .variance_reduction import compose  # noqa: E402

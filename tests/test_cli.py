@@ -183,6 +183,10 @@ BAD_INPUT = [
     (["--problem", "gaussian_cos", "--set", "k"], "--set takes NAME=VALUE"),
     (["--preset", "default", "--problem", "seed_fixed"], "--preset fixes the grid"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--problem", "seed_dependent", "--variance-reduction", "magic"], "unknown variance reduction 'magic'; allowed: none"),
+    (["--problem", "seed_dependent", "--estimator-param", "temperature=0.5"], "no estimator in this sweep has parameter temperature"),
+    (["--problem", "seed_dependent", "--estimator-param", "temperature"], "--estimator-param takes NAME=VALUE"),
+    (["--preset", "quick", "--variance-reduction", "none"], "drop --variance-reduction"),
 ]
 
 
