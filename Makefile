@@ -7,7 +7,7 @@ OUT ?= results/default
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick test report list clean install
+.PHONY: bench quick test regress baseline report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
@@ -17,6 +17,12 @@ quick: $(VENV)/.installed ## small sweep (<= 1 min) -> results/quick
 
 test: $(VENV)/.installed ## the test suite (what CI runs)
 	$(BIN)/python -m pytest
+
+regress: $(VENV)/.installed ## re-measure the ci grid, compare with results/baseline/; fails on a regression (<= 3 min)
+	$(BIN)/varbench regress --baseline results/baseline --out results/regress --no-progress
+
+baseline: $(VENV)/.installed ## re-record results/baseline/ (the ci grid + speed benchmarks); commit the result
+	$(BIN)/varbench baseline --out results/baseline --no-progress
 
 report: $(VENV)/.installed ## re-render $(OUT)/report.md from its table without re-running
 	$(BIN)/varbench report $(OUT)

@@ -18,9 +18,10 @@ from estimators import (
 
 from .environment import DeviceError
 from .grid import DTYPES, PRESETS, GridError, Sweep, expand, preset
+from .regression import BaselineError
 from .table import TableError
 
-USER_ERRORS = (ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError)
+USER_ERRORS = (ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError)
 
 
 class UsageError(ValueError):
@@ -69,8 +70,9 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
         if explicit:
             raise UsageError(f"--preset fixes the grid; drop --{explicit[0].replace('_', '-')} or drop --preset")
         sweeps = preset(args.preset, devices)
-        replicates = _replicates(args.replicates)
-        return [dataclasses.replace(s, replicates=replicates, dtype=args.dtype) for s in sweeps]
+        if args.replicates is not None:  # otherwise each preset's own choice (auto, or fixed for ci)
+            sweeps = [dataclasses.replace(s, replicates=_replicates(args.replicates)) for s in sweeps]
+        return [dataclasses.replace(s, dtype=args.dtype) for s in sweeps]
     if not args.problem:
         raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
     estimators = tuple(ESTIMATORS) if args.estimator in (None, "all") else tuple(
@@ -88,7 +90,7 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
             estimator_params=_params(args.estimator_param, "--estimator-param"),
             variance_reductions=tuple(v.strip() for v in (args.variance_reduction or "none").split(",")),
             dtype=args.dtype,
-            replicates=_replicates(args.replicates),
+            replicates=_replicates(args.replicates or "auto"),
         )
         for problem in args.problem.split(",")
     ]
@@ -122,6 +124,41 @@ def _run(args: argparse.Namespace) -> int:
         print(f"varbench: report written to {report.write_report(out)}")
     if outcome.errors:
         print(f"varbench: {outcome.errors} cells failed (see the 'note' column); re-run to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from . import regression
+
+    folder = regression.record_baseline(Path(args.out), base_seed=args.seed, progress=not args.no_progress)
+    print(f"varbench: baseline recorded in {folder}/ (commit it to make it the reference for `make regress`)")
+    return 0
+
+
+def _regress(args: argparse.Namespace) -> int:
+    from . import regression, report
+
+    try:
+        outcome = regression.run_regression(Path(args.baseline), Path(args.out), base_seed=args.seed,
+                                            progress=not args.no_progress)  # fmt: skip
+    except KeyboardInterrupt:
+        print("\nvarbench: interrupted", file=sys.stderr)
+        return 130
+    verdicts = outcome.verdicts
+    counts = verdicts.groupby(["metric", "verdict"]).size().unstack(fill_value=0)
+    print("varbench: regression check against", args.baseline)
+    print(counts.to_string())
+    for _, row in verdicts[verdicts["verdict"] != "ok"].iterrows():
+        print("  " + regression.describe_verdict(row))
+    if not outcome.fingerprint_matches:
+        print("varbench: speed was measured on another machine than the baseline: reported, not gated")
+    print(f"varbench: verdicts in {Path(args.out) / regression.REGRESSIONS_CSV}; "
+          f"report in {report.write_report(Path(args.out))}")  # fmt: skip
+    if len(outcome.regressed):
+        print(f"varbench: {len(outcome.regressed)} regression(s):", file=sys.stderr)
+        for _, row in outcome.regressed.iterrows():
+            print("  " + regression.describe_verdict(row), file=sys.stderr)
         return 1
     return 0
 
@@ -165,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="estimator parameter, e.g. --estimator-param temperature=0.1,0.5 (several values sweep it)")  # fmt: skip
     run.add_argument("--variance-reduction", help="scheme(s), comma-separated (see `varbench list`); default none")
     run.add_argument("--n", help="samples per estimate, e.g. 1,10,100,1000 (the default)")
-    run.add_argument("--replicates", default="auto", help="estimates per cell, or auto (5%% relative s.e. of the variance)")
+    run.add_argument("--replicates", help="estimates per cell, or auto (5%% relative s.e. of the variance; the default "
+                     "except for --preset ci, which fixes 2000)")  # fmt: skip
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated, or auto (= all available)")
     run.add_argument("--dtype", default="float32", choices=list(DTYPES))
     run.add_argument("--seed", type=int, default=0, help="base seed; each cell's seed is a hash of it and the cell")
@@ -173,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="write the table only")
     run.set_defaults(handler=_run)
+
+    base = commands.add_parser("baseline", help="record the regression baseline: the ci preset and speed benchmarks")
+    base.add_argument("--out", default="results/baseline", help="baseline folder (its contents are replaced)")
+    base.add_argument("--seed", type=int, default=0, help="base seed of the baseline run")
+    base.add_argument("--no-progress", action="store_true", help="no progress bar")
+    base.set_defaults(handler=_baseline)
+
+    reg = commands.add_parser("regress", help="re-measure the baseline's grid and fail on a statistical regression")
+    reg.add_argument("--baseline", default="results/baseline", help="baseline folder (from `varbench baseline`)")
+    reg.add_argument("--out", default="results/regress", help="folder for this run (replaced each time)")
+    reg.add_argument("--seed", type=int, help="base seed (default: the baseline's, so unchanged code reproduces it)")
+    reg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    reg.set_defaults(handler=_regress)
 
     rep = commands.add_parser("report", help="re-render plots and report.md from DIR/table.csv")
     rep.add_argument("dir", help="results folder holding table.csv")

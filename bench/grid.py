@@ -166,7 +166,8 @@ def _gaussian_sweeps(**common) -> list[Sweep]:
 
 
 def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
-    """Named sweeps: ``default`` (make bench, <= 10 min on 2 cores) and ``quick`` (make quick, <= 1 min)."""
+    """Named sweeps: ``default`` (make bench, <= 10 min on 2 cores), ``quick`` (make quick, <= 1 min) and
+    ``ci`` (the regression gate's fixed grid)."""
     if name == "default":
         common = {"devices": devices, "n_samples": (1, 10, 100, 1000)}
         return [
@@ -182,7 +183,19 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
             Sweep("gaussian_cos", thetas=(1.0,), wrt="mu", params={"k": (1.0,)}, **common),
             Sweep("gaussian_quadratic", thetas=(1.0,), wrt="sigma", params={"k": (1.0,)}, **common),
         ]
+    if name == "ci":
+        # The regression gate's grid (make regress / make baseline): fixed M so a baseline and a new run have
+        # the same precision; covers the biased naive baseline, heavy-tailed score-function estimates, both
+        # Gaussian parameters and the measure-valued estimator. <= 3 minutes on 2 cores with the speed runs.
+        common = {"devices": ("cpu",), "n_samples": (10, 1000), "replicates": 2000}
+        return [
+            Sweep("seed_dependent", thetas=(1.0, 3.0), **common),
+            Sweep("seed_fixed", thetas=(3.0,), **common),
+            Sweep("gaussian_cos", thetas=(1.0,), wrt="mu", params={"k": (1.0,)}, **common),
+            Sweep("gaussian_quadratic", thetas=(1.0,), wrt="sigma", params={"k": (1.0,)}, **common),
+            Sweep("gaussian_exp", thetas=(1.0,), wrt="mu", params={"k": (1.0,)}, **common),
+        ]
     raise GridError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
 
 
-PRESETS = ("default", "quick")
+PRESETS = ("default", "quick", "ci")

@@ -79,8 +79,11 @@ def time_estimates(run, device: str) -> tuple[float, int]:
     return float(measurement.median), len(measurement.times)
 
 
-def measure_cell(cell: Cell, base_seed: int) -> dict:
-    """Measure one cell and return its table row (status ok or skipped); raises on errors."""
+def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
+    """Measure one cell and return its table row (status ok or skipped); raises on errors.
+
+    ``timed=False`` leaves the timing columns empty: the statistics alone, for tests that need many cells fast.
+    """
     started = time.perf_counter()
     row = base_row(cell, base_seed, utc_now())
     problem = cell.build_problem()
@@ -115,10 +118,6 @@ def measure_cell(cell: Cell, base_seed: int) -> dict:
     if finite.size < estimates.size:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
     summary = summarize(finite, row["true_grad"])
-
-    timing_replicates = max(1, TIMING_SAMPLES // cell.n_samples)
-    seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
-    seconds_per_estimate = seconds / timing_replicates
     row.update(
         status="ok",
         grad_mean=summary.mean,
@@ -134,13 +133,19 @@ def measure_cell(cell: Cell, base_seed: int) -> dict:
         kurtosis=summary.kurtosis,
         per_sample_var=summary.var * cell.n_samples,
         mse=summary.mse,
-        seconds_per_estimate=seconds_per_estimate,
-        samples_per_second=cell.n_samples / seconds_per_estimate,
-        work_normalized_var=summary.var * seconds_per_estimate,
-        timing_replicates=timing_replicates,
-        timing_runs=runs,
-        elapsed_s=time.perf_counter() - started,
     )
+    if timed:
+        timing_replicates = max(1, TIMING_SAMPLES // cell.n_samples)
+        seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
+        seconds_per_estimate = seconds / timing_replicates
+        row.update(
+            seconds_per_estimate=seconds_per_estimate,
+            samples_per_second=cell.n_samples / seconds_per_estimate,
+            work_normalized_var=summary.var * seconds_per_estimate,
+            timing_replicates=timing_replicates,
+            timing_runs=runs,
+        )
+    row["elapsed_s"] = time.perf_counter() - started
     notes = [row["note"], problem.heavy_tail_warning(cell.theta)]
     if not math.isfinite(row["bias_z"]):
         notes.append("estimates are constant")

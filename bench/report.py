@@ -209,6 +209,7 @@ def write_report(out_dir: Path) -> Path:
             "to compare versions cleanly.",
             "",
         ]
+    lines += _regression_section(out_dir)
     if len(ok):
         warnings = _bias_warnings(ok)
         lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]
@@ -260,6 +261,30 @@ def write_report(out_dir: Path) -> Path:
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _regression_section(out_dir: Path) -> list[str]:
+    """Verdicts of `varbench regress` (regressions.csv beside the table), when this folder is a regression run."""
+    from . import regression  # noqa: PLC0415
+
+    path = out_dir / regression.REGRESSIONS_CSV
+    if not path.exists():
+        return []
+    verdicts = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    counts = verdicts.groupby(["metric", "verdict"]).size().unstack(fill_value=0).reset_index()
+    lines = [
+        "## Regression check against the baseline",
+        "",
+        f"Variance: one-sided test on log(new/baseline variance), kurtosis-adjusted, Holm-corrected across the grid at "
+        f"family-wise α = {regression.ALPHA:g}; a regression needs significance *and* a ratio ≥ "
+        f"{regression.MIN_VARIANCE_RATIO:g}. Bias: estimators that theory calls unbiased are tested against the exact "
+        f"gradient (Holm, α = {regression.ALPHA:g}), whatever the baseline says. Speed: median call time from "
+        f"pytest-benchmark, gated at ≥ {regression.SPEED_FAIL_FACTOR:g}× only on the baseline's machine fingerprint.",
+        "",
+    ] + _markdown_table(counts) + [""]
+    flagged = verdicts[verdicts["verdict"] != "ok"]
+    lines += [f"- {regression.describe_verdict(row)}" for _, row in flagged.iterrows()] or ["All cells ok."]
+    return lines + [""]
 
 
 def _markdown_table(frame: pd.DataFrame) -> list[str]:

@@ -1,0 +1,376 @@
+"""Regression gate: compare a fresh run of the ``ci`` preset with a committed baseline, cell by cell.
+
+A variance is itself a random quantity, so the gate is a statistical test, not a threshold:
+
+- **variance**: one-sided test on log(new / baseline variance). Each side's standard error is read off its
+  Bonett (2006) interval (kurtosis-adjusted, so heavy-tailed score-function estimates get wide intervals);
+  the two runs are independent or positively correlated (same seeds), so adding the variances is conservative.
+  A cell *regresses* only when the increase is significant after Holm's correction across the grid *and*
+  the measured ratio is at least ``MIN_VARIANCE_RATIO`` (asv's rule: significant and large enough to matter).
+- **bias**: an estimator that theory calls unbiased regresses when its mean differs significantly from the
+  exact gradient (Holm across the grid), whatever the baseline says. For estimators biased in theory, a
+  significant change of |bias| against the baseline is a regression (larger) or an improvement (smaller).
+- **speed**: pytest-benchmark runs of ``bench/speed_benchmarks.py``; ratio of median call times with a
+  bootstrap interval. Reported always; a regression only when the baseline was recorded on the same machine
+  fingerprint and the ratio is at least ``SPEED_FAIL_FACTOR`` with an interval above 1.
+
+Verdicts per cell and metric: ok, improved, regressed, new (no baseline cell), missing (baseline cell not in
+the new run). Pure functions on tables; running the sweep and the benchmarks is in ``run_regression``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .statistics import Z95
+from .table import TABLE_NAME, TableError, latest_rows, load_table
+
+ALPHA = 0.01  # family-wise false-alarm rate per metric across the whole grid (Holm)
+MIN_VARIANCE_RATIO = 1.2  # a variance change under 20% is not worth failing a build for
+# Speed fails only past this factor, with the ratio's 95% interval above SPEED_MIN_LOW. Single-threaded medians
+# of unchanged code on an otherwise idle 2-core VM repeat within about ±15%, and an injected 2x slowdown
+# measures 1.9-2.1x. A machine shared with other jobs is another matter (unchanged code measured up to 2.2x
+# slower with four processes on two cores), which is why speed is gated only on a dedicated CI machine of the
+# baseline's fingerprint.
+SPEED_FAIL_FACTOR = 1.6
+SPEED_MIN_LOW = 1.3
+SPEED_JSON = "speed.json"
+META_JSON = "baseline.json"
+REGRESSIONS_CSV = "regressions.csv"
+VERDICTS = ("regressed", "missing", "new", "improved", "ok")
+IDENTITY = ["cell_id", "method", "problem", "problem_params", "wrt", "theta", "n_samples", "device", "dtype"]
+COLUMNS = IDENTITY + ["metric", "verdict", "baseline", "new", "ratio", "ci_low", "ci_high", "p_value",
+                      "p_adjusted", "note"]  # fmt: skip
+
+
+class BaselineError(ValueError):
+    """A missing, corrupt or mismatched baseline; the message says how to make one."""
+
+
+def _remedy(folder: Path) -> str:
+    return f"run `make baseline` (or `varbench baseline --out {folder}`) to record one"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control under any dependence)."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def log_variance_se(rows: pd.DataFrame) -> pd.Series:
+    """Standard error of log(grad_var), read off the Bonett interval: (log high − log low) / (2·z)."""
+    return (np.log(rows["grad_var_ci_high"]) - np.log(rows["grad_var_ci_low"])) / (2 * Z95)
+
+
+def _identity(row: pd.Series) -> dict:
+    return {column: row[column] for column in IDENTITY}
+
+
+def _compare_variance(pairs: pd.DataFrame, alpha: float, min_ratio: float) -> list[dict]:
+    out = []
+    both_zero = (pairs["grad_var_new"] == 0) & (pairs["grad_var_base"] == 0)
+    one_zero = ((pairs["grad_var_new"] == 0) | (pairs["grad_var_base"] == 0)) & ~both_zero
+    testable = pairs[~both_zero & ~one_zero]
+    log_ratio = np.log(testable["grad_var_new"]) - np.log(testable["grad_var_base"])
+    se = np.sqrt(log_variance_se(testable.rename(columns=lambda c: c.removesuffix("_new"))) ** 2
+                 + log_variance_se(testable.rename(columns=lambda c: c.removesuffix("_base"))) ** 2)  # fmt: skip
+    z = log_ratio / se
+    p_up, p_down = stats.norm.sf(z), stats.norm.cdf(z)
+    adj_up, adj_down = holm(p_up), holm(p_down)
+    for i, (_, row) in enumerate(testable.iterrows()):
+        ratio = math.exp(log_ratio.iloc[i])
+        if adj_up[i] < alpha and ratio >= min_ratio:
+            verdict, p, p_adj = "regressed", p_up[i], adj_up[i]
+        elif adj_down[i] < alpha and ratio <= 1 / min_ratio:
+            verdict, p, p_adj = "improved", p_down[i], adj_down[i]
+        else:
+            verdict, p, p_adj = "ok", p_up[i], adj_up[i]
+        out.append(
+            _identity(row)
+            | dict(metric="variance", verdict=verdict, baseline=row["grad_var_base"], new=row["grad_var_new"],
+                   ratio=ratio, ci_low=math.exp(log_ratio.iloc[i] - Z95 * se.iloc[i]),
+                   ci_high=math.exp(log_ratio.iloc[i] + Z95 * se.iloc[i]), p_value=p, p_adjusted=p_adj, note="")
+        )  # fmt: skip
+    for _, row in pairs[both_zero | one_zero].iterrows():
+        became_noisy = row["grad_var_base"] == 0 and row["grad_var_new"] > 0
+        out.append(
+            _identity(row)
+            | dict(metric="variance", verdict="regressed" if became_noisy else ("ok" if row["grad_var_new"] == 0
+                   and row["grad_var_base"] == 0 else "improved"),
+                   baseline=row["grad_var_base"], new=row["grad_var_new"], ratio=math.nan, ci_low=math.nan,
+                   ci_high=math.nan, p_value=math.nan, p_adjusted=math.nan,
+                   note="a deterministic estimator became random" if became_noisy else "zero variance")
+        )  # fmt: skip
+    return out
+
+
+def _compare_bias(pairs: pd.DataFrame, alpha: float) -> list[dict]:
+    out = []
+    unbiased = pairs[pairs["expected_unbiased_new"].astype(bool)]
+    # Against the exact gradient: the baseline does not get a vote.
+    adjusted = holm(unbiased["bias_p_value_new"].to_numpy())
+    for i, (_, row) in enumerate(unbiased.iterrows()):
+        was_biased = row["bias_p_value_base"] < alpha / max(len(unbiased), 1)
+        if adjusted[i] < alpha:
+            verdict, note = "regressed", "theory says unbiased; the mean differs significantly from the exact gradient"
+        else:
+            verdict, note = ("improved", "no longer biased") if was_biased else ("ok", "")
+        half = Z95 * row["bias_se_new"]
+        out.append(
+            _identity(row)
+            | dict(metric="bias", verdict=verdict, baseline=row["bias_base"], new=row["bias_new"], ratio=math.nan,
+                   ci_low=row["bias_new"] - half, ci_high=row["bias_new"] + half, p_value=row["bias_p_value_new"],
+                   p_adjusted=adjusted[i], note=note)
+        )  # fmt: skip
+    # Biased in theory: compare |bias| with the baseline's (two independent means).
+    biased = pairs[~pairs["expected_unbiased_new"].astype(bool)]
+    diff = biased["bias_new"].abs() - biased["bias_base"].abs()
+    se = np.sqrt(biased["bias_se_new"] ** 2 + biased["bias_se_base"] ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, diff / se, np.where(diff == 0, 0.0, np.sign(diff) * np.inf))
+    p = 2 * stats.norm.sf(np.abs(z))
+    adjusted = holm(p)
+    for i, (_, row) in enumerate(biased.iterrows()):
+        verdict = "ok"
+        if adjusted[i] < alpha:
+            verdict = "regressed" if z[i] > 0 else "improved"
+        out.append(
+            _identity(row)
+            | dict(metric="bias", verdict=verdict, baseline=row["bias_base"], new=row["bias_new"], ratio=math.nan,
+                   ci_low=diff.iloc[i] - Z95 * se.iloc[i], ci_high=diff.iloc[i] + Z95 * se.iloc[i], p_value=p[i],
+                   p_adjusted=adjusted[i], note="biased in theory: |bias| compared with the baseline (interval: change of |bias|)")
+        )  # fmt: skip
+    return out
+
+
+def compare_tables(
+    baseline: pd.DataFrame, new: pd.DataFrame, *, alpha: float = ALPHA, min_ratio: float = MIN_VARIANCE_RATIO
+) -> pd.DataFrame:
+    """Verdicts (one row per cell and metric) of ``new`` against ``baseline``; both are results tables."""
+    baseline, new = latest_rows(baseline), latest_rows(new)
+    rows: list[dict] = []
+    base_ok = baseline[baseline["status"] == "ok"]
+    new_ok = new[new["status"] == "ok"]
+    pairs = new_ok.merge(base_ok, on="cell_id", suffixes=("_new", "_base"))
+    for column in IDENTITY[1:]:
+        pairs[column] = pairs[f"{column}_new"]
+    rows += _compare_variance(pairs, alpha, min_ratio)
+    rows += _compare_bias(pairs, alpha)
+    for _, row in new_ok[~new_ok["cell_id"].isin(base_ok["cell_id"])].iterrows():
+        rows.append(_identity(row) | dict(metric="cell", verdict="new", note="not in the baseline"))
+    for _, row in base_ok[~base_ok["cell_id"].isin(new_ok["cell_id"])].iterrows():
+        failed = new[(new["cell_id"] == row["cell_id"]) & (new["status"] == "error")]
+        if len(failed):
+            rows.append(_identity(row) | dict(metric="cell", verdict="regressed", note=f"failed: {failed['note'].iloc[-1]}"))
+        else:
+            rows.append(_identity(row) | dict(metric="cell", verdict="missing", note="in the baseline, not measured now"))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Speed (pytest-benchmark JSON)
+
+
+def machine_fingerprint(speed: dict) -> str:
+    """What must match for timings to be comparable: CPU model and count, OS, architecture, Python, torch."""
+    info = speed.get("machine_info", {})
+    cpu = info.get("cpu", {})
+    first = (speed.get("benchmarks") or [{}])[0].get("extra_info", {})
+    # brand_raw alone is often generic in VMs ("AMD EPYC"), so family/model/clock tell CPU generations apart.
+    parts = [cpu.get("brand_raw", "?"), f"family {cpu.get('family', '?')} model {cpu.get('model', '?')}",
+             cpu.get("hz_advertised_friendly", "?"), f"{cpu.get('count', '?')} cpus", info.get("system", "?"),
+             info.get("machine", "?"), f"python {info.get('python_version', '?')}",
+             f"torch {first.get('torch_version', '?')}", f"{first.get('num_threads', '?')} threads"]  # fmt: skip
+    return ", ".join(str(p) for p in parts)
+
+
+def _median_ratio_interval(new: np.ndarray, base: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    draws = 2000
+    new_medians = np.median(rng.choice(new, (draws, new.size)), axis=1)
+    base_medians = np.median(rng.choice(base, (draws, base.size)), axis=1)
+    ratios = new_medians / base_medians
+    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+
+
+def compare_speed(baseline: dict, new: dict, *, fail_factor: float = SPEED_FAIL_FACTOR) -> pd.DataFrame:
+    """Verdicts on median call time per benchmark; gated only when the machine fingerprints match."""
+    same_machine = machine_fingerprint(baseline) == machine_fingerprint(new)
+    base_by_name = {b["fullname"]: b for b in baseline.get("benchmarks", [])}
+    new_by_name = {b["fullname"]: b for b in new.get("benchmarks", [])}
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, bench_new in new_by_name.items():
+        info = bench_new.get("extra_info", {})
+        identity = dict(cell_id=name, method=info.get("estimator", ""), problem=info.get("problem", ""),
+                        theta=info.get("theta"), n_samples=info.get("n_samples"), device="cpu")  # fmt: skip
+        bench_base = base_by_name.get(name)
+        if bench_base is None:
+            rows.append(identity | dict(metric="speed", verdict="new", note="benchmark not in the baseline"))
+            continue
+        t_new = np.asarray(bench_new["stats"].get("data") or [bench_new["stats"]["median"]], dtype=float)
+        t_base = np.asarray(bench_base["stats"].get("data") or [bench_base["stats"]["median"]], dtype=float)
+        ratio = float(np.median(t_new) / np.median(t_base))
+        low, high = _median_ratio_interval(t_new, t_base, rng)
+        verdict, note = "ok", ""
+        if ratio >= fail_factor and low > SPEED_MIN_LOW:
+            verdict = "regressed" if same_machine else "ok"
+            if not same_machine:
+                note = f"{ratio:.2f}x slower, not gated: baseline recorded on another machine"
+        elif ratio <= 1 / fail_factor and high < 1 / SPEED_MIN_LOW:
+            verdict = "improved"
+        if same_machine is False and not note:
+            note = "baseline recorded on another machine: reported, not gated"
+        rows.append(
+            identity
+            | dict(metric="speed", verdict=verdict, baseline=float(np.median(t_base)), new=float(np.median(t_new)),
+                   ratio=ratio, ci_low=low, ci_high=high, note=note)
+        )  # fmt: skip
+    for name, bench_base in base_by_name.items():
+        if name not in new_by_name:
+            info = bench_base.get("extra_info", {})
+            rows.append(dict(cell_id=name, method=info.get("estimator", ""), problem=info.get("problem", ""),
+                             metric="speed", verdict="missing", note="benchmark in the baseline, not run now"))  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running: baseline recording and the gate itself
+
+
+def run_speed_benchmarks(json_path: Path, *, extra_args: tuple[str, ...] = (), env: dict | None = None) -> dict:
+    """Run bench/speed_benchmarks.py under pytest-benchmark in a subprocess; return its saved JSON.
+
+    ``extra_args`` go to pytest (e.g. ``-k pathwise``); ``env`` replaces the environment (tests use it to set
+    ``VARBENCH_CALLS_PER_ROUND``)."""
+    module = Path(__file__).with_name("speed_benchmarks.py")
+    command = [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={json_path}", "--benchmark-min-rounds=15", "--benchmark-max-time=0.5",
+               "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name", *extra_args]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"speed benchmarks failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    return json.loads(json_path.read_text())
+
+
+def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:
+    """(table, speed JSON, metadata) of a recorded baseline; BaselineError naming what is wrong otherwise."""
+    folder = Path(folder)
+    if not (folder / META_JSON).exists() or not (folder / TABLE_NAME).exists():
+        raise BaselineError(f"no baseline in {folder}/ ({META_JSON} and {TABLE_NAME} expected); {_remedy(folder)}")
+    try:
+        meta = json.loads((folder / META_JSON).read_text())
+        if not isinstance(meta, dict) or "preset" not in meta or "base_seed" not in meta:
+            raise ValueError("missing keys preset/base_seed")
+    except ValueError as error:
+        raise BaselineError(f"baseline {folder / META_JSON} is corrupt ({error}); {_remedy(folder)}") from None
+    try:
+        table = load_table(folder / TABLE_NAME)
+    except TableError as error:
+        raise BaselineError(f"{error}; {_remedy(folder)}") from None
+    speed: dict = {}
+    if (folder / SPEED_JSON).exists():
+        try:
+            speed = json.loads((folder / SPEED_JSON).read_text())
+            if not isinstance(speed, dict) or not isinstance(speed.get("benchmarks"), list):
+                raise ValueError("no 'benchmarks' list")
+        except ValueError as error:
+            raise BaselineError(f"baseline {folder / SPEED_JSON} is corrupt ({error}); {_remedy(folder)}") from None
+    return table, speed, meta
+
+
+@dataclass(frozen=True)
+class RegressionOutcome:
+    verdicts: pd.DataFrame
+    fingerprint_matches: bool
+
+    @property
+    def regressed(self) -> pd.DataFrame:
+        return self.verdicts[self.verdicts["verdict"] == "regressed"]
+
+
+def record_baseline(folder: Path, *, preset_name: str = "ci", base_seed: int = 0, progress: bool = True) -> Path:
+    """Measure ``preset_name`` and the speed benchmarks into ``folder`` (replacing what was there)."""
+    from . import environment, grid, sweep  # noqa: PLC0415 - heavy imports only when running
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (TABLE_NAME, SPEED_JSON, META_JSON):
+        (folder / name).unlink(missing_ok=True)
+    outcome = sweep.run_cells(grid.expand(grid.preset(preset_name)), folder, base_seed, progress=progress)
+    if outcome.errors:
+        raise RuntimeError(f"{outcome.errors} baseline cells failed (see {outcome.table}); not recording a baseline")
+    speed = run_speed_benchmarks(folder / SPEED_JSON)
+    meta = dict(preset=preset_name, base_seed=base_seed, git_sha=environment.git_sha(),
+                machine=machine_fingerprint(speed), python=platform.python_version())  # fmt: skip
+    (folder / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def run_regression(baseline_folder: Path, out: Path, *, base_seed: int | None = None, progress: bool = True) -> RegressionOutcome:
+    """Re-measure the baseline's preset into ``out`` and compare; writes ``out/regressions.csv``."""
+    from . import grid, sweep  # noqa: PLC0415
+
+    baseline, baseline_speed, meta = load_baseline(baseline_folder)  # fails before any work is done
+    out = Path(out)
+    if out.resolve() == Path(baseline_folder).resolve():
+        raise BaselineError(f"--out {out} is the baseline folder; choose another")
+    if out.exists():
+        shutil.rmtree(out)  # a regression run is always a fresh measurement of the current code
+    seed = meta["base_seed"] if base_seed is None else base_seed
+    sweep.run_cells(grid.expand(grid.preset(meta["preset"])), out, seed, progress=progress)
+    new = load_table(out / TABLE_NAME)
+    verdicts = [compare_tables(baseline, new)]
+    same_machine = False
+    if baseline_speed:
+        speed = run_speed_benchmarks(out / SPEED_JSON)
+        same_machine = machine_fingerprint(speed) == machine_fingerprint(baseline_speed)
+        verdicts.append(compare_speed(baseline_speed, speed))
+    frame = pd.concat([v for v in verdicts if len(v)], ignore_index=True)
+    frame = frame.sort_values("verdict", key=lambda s: s.map(VERDICTS.index), kind="stable").reset_index(drop=True)
+    frame.to_csv(out / REGRESSIONS_CSV, index=False)
+    return RegressionOutcome(frame, same_machine)
+
+
+def describe_verdict(row: pd.Series) -> str:
+    """One line naming the cell, the metric, the ratio (or value) and its interval."""
+    where = f"{row['method']} on {row['problem']}"
+    if isinstance(row.get("problem_params"), str) and row["problem_params"] not in ("", "{}"):
+        where += f" {row['problem_params']}"
+    if pd.notna(row.get("wrt")):
+        where += f" wrt {row['wrt']}"
+    if pd.notna(row.get("theta")):
+        where += f" θ={row['theta']:g}"
+    if pd.notna(row.get("n_samples")):
+        where += f" N={int(row['n_samples'])}"
+    if row["metric"] in ("variance", "speed") and pd.notna(row["ratio"]):
+        what = f"{row['metric']} ratio new/baseline {row['ratio']:.3g} [95% CI {row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+    elif row["metric"] == "bias" and pd.notna(row["new"]):
+        what = f"bias {row['new']:.4g} [95% CI {row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+    else:
+        what = row["metric"]
+    if pd.notna(row.get("p_adjusted")):
+        what += f", Holm-adjusted p = {row['p_adjusted']:.2g}"
+    note = f" — {row['note']}" if isinstance(row.get("note"), str) and row["note"] else ""
+    return f"{row['verdict'].upper()}: {where}: {what}{note}"

@@ -1,0 +1,80 @@
+"""Speed benchmarks (pytest-benchmark): one vectorised ``estimate`` call per estimator and problem.
+
+``varbench regress`` and ``varbench baseline`` run this module with ``--benchmark-json`` and compare the saved
+runs; it also runs on its own::
+
+    .venv/bin/python -m pytest bench/speed_benchmarks.py --benchmark-json=speed.json
+
+Each benchmark times a call that draws ``REPLICATES`` estimates of ``N`` samples each (2^18 samples, the same
+size the sweep times) and records the estimate's variance, mean and the library versions in ``extra_info``, so
+a saved run says what it timed and that the timed code still computed the right thing.
+
+Timings are single-threaded (``torch.set_num_threads(1)``): with intra-op threads on a shared machine, a busy
+core stalls every parallel region and the same call measured 2-50x slower from one run to the next, which no
+gate can tell from a regression. One thread is slowed at most by the share of a core it loses.
+
+``VARBENCH_CALLS_PER_ROUND`` (default 1) makes each timed round do that many calls: the regression tests use it
+to make every estimator genuinely twice as slow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from estimators import ESTIMATORS, estimate, make_problem
+
+SPEED_THREADS = 1
+N_SAMPLES = 1000
+REPLICATES = 262  # ≈ 2^18 samples per call
+VARIANCE_REPLICATES = 2000
+# (problem, wrt, params, θ): the seed problem with its biased naive baseline, and a smooth Gaussian cost.
+CASES = [
+    ("seed_dependent", "theta", {}, 3.0),
+    ("gaussian_cos", "mu", {"k": 1.0, "sigma": 1.0}, 1.0),
+]
+
+
+def calls_per_round() -> int:
+    value = os.environ.get("VARBENCH_CALLS_PER_ROUND", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"VARBENCH_CALLS_PER_ROUND must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+@pytest.mark.parametrize("estimator_name", list(ESTIMATORS))
+def test_estimate_speed(benchmark, estimator_name, case):
+    name, wrt, params, theta = case
+    problem = make_problem(name, wrt, params)
+    estimator = ESTIMATORS[estimator_name]
+    reason = estimator.skip_reason(problem, N_SAMPLES)
+    if reason is not None:
+        pytest.skip(reason)
+    calls = calls_per_round()
+    torch.set_num_threads(SPEED_THREADS)
+
+    def run():
+        for _ in range(calls):
+            estimate(estimator, problem, theta, N_SAMPLES, REPLICATES)
+
+    torch.manual_seed(0)
+    estimates = estimate(estimator, problem, theta, N_SAMPLES, VARIANCE_REPLICATES).double().numpy()
+    benchmark.group = f"{name} wrt {wrt} θ={theta:g} N={N_SAMPLES}"
+    benchmark.extra_info.update(
+        problem=problem.label,
+        theta=theta,
+        estimator=estimator_name,
+        n_samples=N_SAMPLES,
+        replicates_per_call=REPLICATES,
+        calls_per_round=calls,
+        grad_mean=float(estimates.mean()),
+        grad_var=float(np.var(estimates, ddof=1)),
+        true_grad=problem.gradient(theta),
+        torch_version=torch.__version__,
+        num_threads=torch.get_num_threads(),
+    )
+    benchmark(run)
