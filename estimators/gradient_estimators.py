@@ -161,6 +161,8 @@ class Estimator:
     unbiased_for: Callable[[Problem], bool] = _unbiased
     # The estimator's own parameters and their defaults, passed to the surrogate as keyword options.
     parameters: Mapping[str, float] = field(default_factory=dict)
+    # Whether the N samples of one estimate are independent draws (so a huge N may be split across calls).
+    samples_independent: bool = True
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults overridden by ``options``; raises EstimatorError on an unknown name or a non-finite value."""
@@ -196,6 +198,7 @@ ESTIMATORS: dict[str, Estimator] = {
             score_function_loo,
             "(f − leave-one-out mean) ∂log p + ∂f (RLOO); unbiased, needs N >= 2",
             skip_reason=_needs_two_samples,
+            samples_independent=False,
         ),
         Estimator(
             "pathwise",
@@ -221,6 +224,27 @@ def get_estimator(name: str) -> Estimator:
         raise EstimatorError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}") from None
 
 
+# Working memory of one vectorised call per sample, in values of the dtype: the sample, the cost, log-probabilities,
+# autograd's saved tensors and gradients. bench/perf.py measures the peak per estimator (about 10-20 on CPU);
+# 32 leaves headroom so a chunk stays inside the budget.
+WORKING_VALUES_PER_SAMPLE = 32
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes per vectorised call
+
+
+def plan_chunks(
+    n_samples: int, n_replicates: int, bytes_per_sample: int, memory_budget: int, split_samples: bool
+) -> tuple[int, int]:
+    """(replicates per call, samples per call) so one call's working memory fits ``memory_budget``.
+
+    Replicates are split first; when a single estimate's N samples do not fit, its samples are split too (its
+    gradient is then a sum of partial sums), if the estimator's samples are independent.
+    """
+    samples_that_fit = max(1, memory_budget // bytes_per_sample)
+    if n_samples <= samples_that_fit or not split_samples:
+        return max(1, min(n_replicates, samples_that_fit // n_samples)), n_samples
+    return 1, samples_that_fit
+
+
 def estimate(
     estimator: Estimator,
     problem: Problem,
@@ -232,19 +256,22 @@ def estimate(
     dtype: torch.dtype = torch.float32,
     options: Mapping[str, float] | None = None,
     variance_reduction: str = "none",
-    max_samples_per_chunk: int = 1 << 22,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> Tensor:
     """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples.
 
     ``options`` override the estimator's parameters; ``variance_reduction`` names a scheme from
-    ``VARIANCE_REDUCTIONS`` that is composed with the estimator. Replicates are independent copies of θ in a batch dimension, so one backward pass per chunk gives all of
-    them; chunks (sized so a chunk holds at most ``max_samples_per_chunk`` samples) bound memory.
+    ``VARIANCE_REDUCTIONS`` that is composed with the estimator. Replicates are independent copies of θ in a
+    batch dimension, so one backward pass per call gives all of them. Calls are sized by ``plan_chunks`` so
+    each stays within ``memory_budget`` bytes of working memory, whatever M·N is.
     Draws from torch's global generator on ``device``: seed it for reproducible numbers.
     """
     if n_samples < 1:
         raise EstimatorError(f"n_samples must be >= 1, got {n_samples}")
     if n_replicates < 1:
         raise EstimatorError(f"n_replicates must be >= 1, got {n_replicates}")
+    if memory_budget < 1:
+        raise EstimatorError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     resolved = estimator.resolve_options(options)
     surrogate_or_reason = compose(variance_reduction, estimator, problem, n_samples)
     if isinstance(surrogate_or_reason, str):
@@ -254,18 +281,24 @@ def estimate(
         )
     surrogate_fn = surrogate_or_reason
     problem.check_theta(theta)
-    chunk = max(1, min(n_replicates, max_samples_per_chunk // n_samples))
+    # Samples interact under a leave-one-out baseline or a variance-reduction scheme (antithetic pairs, QMC
+    # points), so only plain independent-sample estimators may have one estimate's samples split.
+    split = estimator.samples_independent and variance_reduction == "none"
+    bytes_per_sample = WORKING_VALUES_PER_SAMPLE * torch.empty((), dtype=dtype).element_size()
+    replicates_per_call, samples_per_call = plan_chunks(n_samples, n_replicates, bytes_per_sample, memory_budget, split)
     pieces = []
-    for start in range(0, n_replicates, chunk):
-        size = min(chunk, n_replicates - start)
+    for start in range(0, n_replicates, replicates_per_call):
+        size = min(replicates_per_call, n_replicates - start)
         theta_batch = torch.full((size,), float(theta), dtype=dtype, device=device, requires_grad=True)
-        surrogate = surrogate_fn(problem, theta_batch, n_samples, **resolved)
-        if surrogate.requires_grad:
-            (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)
-        else:
-            grad = None
-        # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
-        pieces.append(torch.zeros_like(theta_batch) if grad is None else grad / n_samples)
+        total = torch.zeros_like(theta_batch)
+        for first in range(0, n_samples, samples_per_call):
+            surrogate = surrogate_fn(problem, theta_batch, min(samples_per_call, n_samples - first), **resolved)
+            # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
+            if surrogate.requires_grad:
+                (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)
+                if grad is not None:
+                    total = total + grad.detach()
+        pieces.append(total / n_samples)
     return torch.cat(pieces).detach()
 
 

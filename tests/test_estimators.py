@@ -214,17 +214,41 @@ def test_variance_interval_covers_the_exact_variance_about_95_percent_of_the_tim
 # Mechanics.
 
 
-def test_estimates_are_reproducible_and_chunking_bounds_memory_without_changing_the_distribution():
+def test_estimates_are_reproducible():
     problem = make_problem("seed_dependent")
     a = draw("pathwise", problem, 3.0, 100, 500, 7)
     b = draw("pathwise", problem, 3.0, 100, 500, 7)
     assert np.array_equal(a, b)
-    torch.manual_seed(8)
-    chunked = estimate(ESTIMATORS["pathwise"], problem, 3.0, 100, 4000, dtype=torch.float64, max_samples_per_chunk=1000).numpy()
-    assert chunked.shape == (4000,)
+
+
+# bytes per float64 sample in the memory plan: budgets below are counted in samples.
+SAMPLE_BYTES = 32 * 8
+
+
+@pytest.mark.parametrize("n, budget_samples, name", [
+    (100, 1000, "pathwise"),  # replicates split: 10 per call
+    (1000, 300, "pathwise"),  # one estimate's samples split: partial sums of 300, 300, 300, 100
+    (1000, 300, "score_function"),
+])  # fmt: skip
+def test_chunking_bounds_memory_without_changing_the_distribution(n, budget_samples, name):
+    problem = make_problem("seed_dependent")
+    torch.manual_seed(8 + n + budget_samples)
+    chunked = estimate(ESTIMATORS[name], problem, 3.0, n, 2000, dtype=torch.float64,
+                       memory_budget=budget_samples * SAMPLE_BYTES).numpy()  # fmt: skip
+    assert chunked.shape == (2000,)
     z = (chunked.mean() - 84.0) / (chunked.std() / math.sqrt(chunked.size))
     assert abs(z) < Z_CRIT
-    assert abs(math.log(np.var(chunked) * 100 / 1314)) < Z_CRIT * variance_relative_se(kurtosis(chunked), chunked.size)
+    exact = exact_per_sample_variance(name, problem, 3.0)
+    assert abs(math.log(np.var(chunked) * n / exact)) < Z_CRIT * variance_relative_se(kurtosis(chunked), chunked.size)
+
+
+def test_chunk_plan_fits_the_budget_and_never_splits_dependent_samples():
+    from estimators.gradient_estimators import plan_chunks
+
+    assert plan_chunks(100, 50, 8, 8 * 1000, True) == (10, 100)
+    assert plan_chunks(100, 5, 8, 8 * 10**6, True) == (5, 100)  # everything in one call
+    assert plan_chunks(10**9, 3, 8, 8 * 10**6, True) == (1, 10**6)  # 10^9 samples in 1000 calls of 10^6
+    assert plan_chunks(10**9, 3, 8, 8 * 10**6, False) == (1, 10**9)  # leave-one-out: cannot split
 
 
 @pytest.mark.parametrize("n, m", [(0, 10), (-3, 10), (10, 0)])
