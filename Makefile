@@ -7,7 +7,7 @@ OUT ?= results/default
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick test regress baseline report list clean install
+.PHONY: bench quick test regress baseline perf report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
@@ -23,6 +23,9 @@ regress: $(VENV)/.installed ## re-measure the ci grid, compare with results/base
 
 baseline: $(VENV)/.installed ## re-record results/baseline/ (the ci grid + speed benchmarks); commit the result
 	$(BIN)/varbench baseline --out results/baseline --no-progress
+
+perf: $(VENV)/.installed ## performance report on every available device -> results/perf/{perf.csv,perf.md}
+	$(BIN)/varbench perf --device auto --out results/perf
 
 report: $(VENV)/.installed ## re-render $(OUT)/report.md from its table without re-running
 	$(BIN)/varbench report $(OUT)

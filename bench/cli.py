@@ -163,6 +163,20 @@ def _regress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _perf(args: argparse.Namespace) -> int:
+    from . import perf
+    from .environment import resolve_devices
+
+    config = perf.PerfConfig(devices=tuple(resolve_devices(args.device)), billion=not args.no_billion)
+    table = perf.run_perf(Path(args.out), config, progress=lambda m: print(f"varbench perf: {m}", flush=True))
+    print(f"varbench: performance report written to {perf.write_perf_report(Path(args.out))}")
+    missed = table[table["meets_target"].astype(str).str.lower() == "false"]
+    if len(missed):
+        print(f"varbench: {len(missed)} performance target(s) missed (see the report)", file=sys.stderr)
+        return 1 if args.strict else 0
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from . import report
 
@@ -224,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--seed", type=int, help="base seed (default: the baseline's, so unchanged code reproduces it)")
     reg.add_argument("--no-progress", action="store_true", help="no progress bar")
     reg.set_defaults(handler=_regress)
+
+    prf = commands.add_parser("perf", help="performance: RNG floor, loop vs vectorised, memory, relative cost")
+    prf.add_argument("--device", default="auto", help="cpu, cuda, comma-separated, or auto (= all available)")
+    prf.add_argument("--out", default="results/perf", help="folder for perf.csv and perf.md")
+    prf.add_argument("--no-billion", action="store_true", help="skip the 10^9-sample memory cell (~15 s on a CPU)")
+    prf.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    prf.set_defaults(handler=_perf)
 
     rep = commands.add_parser("report", help="re-render plots and report.md from DIR/table.csv")
     rep.add_argument("dir", help="results folder holding table.csv")

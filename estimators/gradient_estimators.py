@@ -225,9 +225,9 @@ def get_estimator(name: str) -> Estimator:
 
 
 # Working memory of one vectorised call per sample, in values of the dtype: the sample, the cost, log-probabilities,
-# autograd's saved tensors and gradients. bench/perf.py measures the peak per estimator (about 10-20 on CPU);
-# 32 leaves headroom so a chunk stays inside the budget.
-WORKING_VALUES_PER_SAMPLE = 32
+# autograd's saved tensors and gradients. `make perf` measured a peak of ~44 float32 values per sample for
+# pathwise on the seed problem (1.39 GiB for calls of 8.4M samples); 64 keeps a call inside the budget.
+WORKING_VALUES_PER_SAMPLE = 64
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes per vectorised call
 
 

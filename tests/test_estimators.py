@@ -17,6 +17,7 @@ from scipy import integrate, stats
 
 from bench.statistics import kurtosis, summarize, variance_interval, variance_relative_se
 from estimators import ESTIMATORS, EstimatorError, estimate, make_problem
+from estimators.gradient_estimators import WORKING_VALUES_PER_SAMPLE
 from tests.helpers import bonferroni_z, gauss_expectation, gaussian_params, problem_cases
 
 CASES = problem_cases()
@@ -222,7 +223,7 @@ def test_estimates_are_reproducible():
 
 
 # bytes per float64 sample in the memory plan: budgets below are counted in samples.
-SAMPLE_BYTES = 32 * 8
+SAMPLE_BYTES = WORKING_VALUES_PER_SAMPLE * 8
 
 
 @pytest.mark.parametrize("n, budget_samples, name", [

@@ -1,0 +1,285 @@
+"""Performance benchmark (``make perf`` / ``varbench perf``): how close the vectorised estimators run to the
+device's random-number floor, how much faster one vectorised call is than the per-estimate Python loop people
+write by hand, how much memory a cell needs, and what each estimator costs relative to pathwise.
+
+Every target is a ratio of two timings taken in the same run on the same device, so it means the same on a
+laptop, a CI VM or a GPU; absolute rates are recorded for context only. Results: ``<out>/perf.csv`` (tidy,
+one row per measurement) and ``<out>/perf.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils import benchmark
+
+from estimators import ESTIMATORS, estimate, make_problem
+from estimators.gradient_estimators import DEFAULT_MEMORY_BUDGET, WORKING_VALUES_PER_SAMPLE
+
+from . import environment
+
+FLOOR_TARGET = 0.5  # vectorised samples/s at least half of torch.randn's on the same device
+LOOP_TARGET = 10.0  # vectorised at least 10x the per-estimate loop at N = 1000, M = 1000
+FLOOR_ESTIMATORS = ("pathwise", "score_function")
+# (problem, wrt, params, θ): the seed problem and two Gaussian costs, one per parameter.
+GAUSSIAN_CASES = [
+    ("seed_dependent", "theta", {}, 3.0),
+    ("gaussian_cos", "mu", {"k": 1.0, "sigma": 1.0}, 1.0),
+    ("gaussian_quadratic", "sigma", {"k": 1.0, "mu": 1.0}, 1.0),
+]
+COLUMNS = ["section", "device", "device_name", "problem", "estimator", "n_samples", "n_replicates", "metric",
+           "value", "target", "meets_target", "note", "torch_version", "num_threads", "git_sha", "hostname",
+           "started_at"]  # fmt: skip
+
+
+def _median_seconds(run, device: str, min_run_time: float = 0.3) -> float:
+    run()  # warm-up
+    environment.synchronize(device)
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+def rng_floor(total: int, device: str, min_run_time: float = 0.3) -> float:
+    """Samples per second of ``torch.randn`` drawing ``total`` values on ``device``: the rate no estimator beats."""
+    return total / _median_seconds(lambda: torch.randn(total, device=device), device, min_run_time)
+
+
+def vectorised_rate(name: str, problem, theta: float, n: int, m: int, device: str, min_run_time: float = 0.3) -> float:
+    """Samples per second of one vectorised ``estimate`` call producing m estimates of n samples."""
+    estimator = ESTIMATORS[name]
+    return n * m / _median_seconds(lambda: estimate(estimator, problem, theta, n, m, device=device), device, min_run_time)
+
+
+def loop_estimates(name: str, problem, theta: float, n: int, m: int, device: str = "cpu") -> np.ndarray:
+    """The hand-written way: one estimate at a time, a fresh leaf θ, ``.backward()``, ``.item()`` each time."""
+    surrogate = ESTIMATORS[name].surrogate
+    out = np.empty(m)
+    for i in range(m):
+        leaf = torch.tensor([theta], device=device, requires_grad=True)
+        loss = surrogate(problem, leaf, n).sum() / n
+        if loss.requires_grad:
+            loss.backward()
+        out[i] = 0.0 if leaf.grad is None else leaf.grad.item()
+    return out
+
+
+def loop_rate(name: str, problem, theta: float, n: int, m: int, device: str) -> float:
+    loop_estimates(name, problem, theta, n, min(m, 10), device)  # warm-up
+    environment.synchronize(device)
+    started = time.perf_counter()
+    loop_estimates(name, problem, theta, n, m, device)
+    environment.synchronize(device)
+    return n * m / (time.perf_counter() - started)
+
+
+_MEMORY_PROBE = """
+import json, resource, sys, time, torch
+from estimators import ESTIMATORS, estimate, make_problem
+from bench.statistics import summarize
+args = json.loads(sys.argv[1])
+problem = make_problem(args["problem"], args["wrt"], args["params"])
+device = args["device"]
+estimate(ESTIMATORS[args["estimator"]], problem, args["theta"], 10, 10, device=device)  # import/warm-up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if device.startswith("cuda"):
+    torch.cuda.reset_peak_memory_stats(device)
+torch.manual_seed(args["seed"])
+started = time.perf_counter()
+x = estimate(ESTIMATORS[args["estimator"]], problem, args["theta"], args["n"], args["m"], device=device,
+             memory_budget=args["budget"]).double().cpu().numpy()
+elapsed = time.perf_counter() - started
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+s = summarize(x, problem.gradient(args["theta"]))
+print(json.dumps({"peak_bytes": after - before, "elapsed_s": elapsed,
+                  "device_peak_bytes": torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None,
+                  "mean": s.mean, "bias_z": s.bias_z, "var": s.var, "var_ci": [s.var_ci_low, s.var_ci_high]}))
+"""
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    peak_bytes: int  # growth of the process's peak RSS during the call (host memory)
+    device_peak_bytes: int | None
+    elapsed_s: float
+    mean: float
+    bias_z: float
+    var: float
+    var_ci: tuple[float, float]
+
+
+def measure_memory(name: str, case: tuple, n: int, m: int, device: str, budget: int, seed: int = 0) -> MemoryResult:
+    """Run one cell's estimates in a fresh process and report its peak memory growth and statistics.
+
+    A fresh process because the peak RSS is a high-water mark that cannot be reset within a process.
+    """
+    problem, wrt, params, theta = case
+    payload = json.dumps(dict(problem=problem, wrt=wrt, params=params, theta=theta, estimator=name, n=n, m=m,
+                              device=device, budget=budget, seed=seed))  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, payload], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return MemoryResult(result["peak_bytes"], result["device_peak_bytes"], result["elapsed_s"], result["mean"],
+                        result["bias_z"], result["var"], tuple(result["var_ci"]))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    devices: tuple[str, ...] = ("cpu",)
+    floor_samples: int = 1 << 22
+    loop_ns: tuple[int, ...] = (1, 10, 100, 1000)
+    loop_replicates: int = 1000
+    # The memory section: M·N per cell with the default budget, and the 10^9-sample cell (M = 1000, N = 10^6).
+    memory_cells: tuple[tuple[int, int], ...] = ((1000, 10_000), (1000, 100_000))
+    billion: bool = True
+    min_run_time: float = 0.3  # seconds of timed blocks per measurement
+
+
+def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd.DataFrame:
+    """Measure every section on every device; write ``out/perf.csv`` and return the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    meta = dict(torch_version=torch.__version__, num_threads=torch.get_num_threads(), git_sha=environment.git_sha(),
+                hostname=socket.gethostname())  # fmt: skip
+
+    def add(**row):
+        row.setdefault("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        rows.append({**dict.fromkeys(COLUMNS), **meta, **row})
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "perf.csv", index=False)  # nothing finished is lost
+
+    for device in config.devices:
+        name_of_device = environment.device_name(device)
+        common = dict(device=device, device_name=name_of_device)
+        progress(f"[{device}] RNG floor and vectorised throughput")
+        floor = rng_floor(config.floor_samples, device, config.min_run_time)
+        add(section="floor", **common, problem="torch.randn", estimator="", n_samples=config.floor_samples,
+            n_replicates=1, metric="samples_per_second", value=floor)  # fmt: skip
+        n = 1000
+        m = config.floor_samples // n
+        pathwise_seconds: dict[str, float] = {}
+        for case in GAUSSIAN_CASES:
+            problem = make_problem(case[0], case[1], case[2])
+            for name, estimator in ESTIMATORS.items():
+                if estimator.skip_reason(problem, n) is not None:
+                    continue
+                rate = vectorised_rate(name, problem, case[3], n, m, device, config.min_run_time)
+                is_target = name in FLOOR_ESTIMATORS
+                add(section="floor", **common, problem=problem.label, estimator=name, n_samples=n, n_replicates=m,
+                    metric="fraction_of_rng_floor", value=rate / floor, target=FLOOR_TARGET if is_target else None,
+                    meets_target=(rate / floor >= FLOOR_TARGET) if is_target else None,
+                    note=f"{rate:.3g} samples/s; {estimator.cost_evaluations(problem)} cost evaluations per sample")  # fmt: skip
+                seconds = n / rate
+                if name == "pathwise":
+                    pathwise_seconds[problem.label] = seconds
+                if problem.label in pathwise_seconds:
+                    add(section="relative_cost", **common, problem=problem.label, estimator=name, n_samples=n,
+                        n_replicates=m, metric="seconds_relative_to_pathwise",
+                        value=seconds / pathwise_seconds[problem.label],
+                        note=f"{estimator.cost_evaluations(problem)} cost evaluations per sample")  # fmt: skip
+
+        progress(f"[{device}] per-estimate Python loop against the vectorised call")
+        case = GAUSSIAN_CASES[0]
+        problem = make_problem(case[0], case[1], case[2])
+        for name in FLOOR_ESTIMATORS:
+            for n in config.loop_ns:
+                vec = vectorised_rate(name, problem, case[3], n, config.loop_replicates, device, config.min_run_time)
+                loop = loop_rate(name, problem, case[3], n, config.loop_replicates, device)
+                at_target_point = n == 1000
+                add(section="loop", **common, problem=problem.label, estimator=name, n_samples=n,
+                    n_replicates=config.loop_replicates, metric="vectorised_speedup_over_loop", value=vec / loop,
+                    target=LOOP_TARGET if at_target_point else None,
+                    meets_target=(vec / loop >= LOOP_TARGET) if at_target_point else None,
+                    note=f"vectorised {vec:.3g} samples/s, loop {loop:.3g} samples/s")  # fmt: skip
+
+        progress(f"[{device}] memory per cell")
+        cells = [(m, n, DEFAULT_MEMORY_BUDGET) for m, n in config.memory_cells]
+        cells.append((config.memory_cells[0][0], config.memory_cells[0][1], 1 << 40))  # unchunked reference
+        if config.billion:
+            cells.append((1000, 1_000_000, DEFAULT_MEMORY_BUDGET))
+        for m, n, budget in cells:
+            result = measure_memory("pathwise", case, n, m, device, budget)
+            exact_var = 1314.0 / n  # seed_dependent at θ = 3: per-sample pathwise variance 1314 (MATH.md)
+            chunked = "unchunked (budget 1 TiB)" if budget > DEFAULT_MEMORY_BUDGET else f"budget {budget / 2**30:g} GiB"
+            add(section="memory", **common, problem=problem.label, estimator="pathwise", n_samples=n, n_replicates=m,
+                metric="peak_memory_bytes", value=result.device_peak_bytes or result.peak_bytes,
+                note=(f"M·N = {m * n:.3g} samples, {chunked}, {result.elapsed_s:.1f} s; mean {result.mean:.4f} "
+                      f"(exact 84, z = {result.bias_z:.2f}); variance {result.var:.4g} "
+                      f"[{result.var_ci[0]:.4g}, {result.var_ci[1]:.4g}] (exact {exact_var:.4g})"))  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _fmt_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value:.3g} TiB"
+
+
+def write_perf_report(out: Path) -> Path:
+    """Render ``out/perf.md`` from ``out/perf.csv``."""
+    out = Path(out)
+    frame = pd.read_csv(out / "perf.csv", keep_default_na=False, na_values=[""])
+    lines = ["# varbench performance", "",
+             "Every target is a ratio of two timings from this one run on the same device, so it holds wherever it "
+             "is measured; absolute rates depend on the machine. Medians of repeated blocks after a warm-up "
+             "(`torch.utils.benchmark`, which synchronises CUDA).", ""]  # fmt: skip
+    for device, rows in frame.groupby("device", sort=False):
+        lines += [f"## {device} — {rows['device_name'].iloc[0]}", ""]
+        floor = rows[(rows["section"] == "floor") & (rows["problem"] == "torch.randn")]["value"].iloc[0]
+        lines += [f"### Samples per second against the RNG floor (`torch.randn`: {floor:.3g} samples/s)", "",
+                  f"Target: pathwise and score function ≥ {FLOOR_TARGET:g} of the floor.", "",
+                  "| problem | estimator | fraction of floor | target | | detail |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows[(rows["section"] == "floor") & (rows["problem"] != "torch.randn")].itertuples():
+            lines.append(f"| {r.problem} | {r.estimator} | {r.value:.2f} | {_target(r)} | {_met(r)} | {r.note} |")
+        lines += ["", "### Vectorised call against a per-estimate Python loop (`.backward()` per estimate)", "",
+                  f"Target: ≥ {LOOP_TARGET:g}× at N = 1000, M = 1000.", "",
+                  "| estimator | N | M | speed-up | target | | detail |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows[rows["section"] == "loop"].itertuples():
+            lines.append(f"| {r.estimator} | {r.n_samples} | {r.n_replicates} | {r.value:.1f}× | {_target(r)} | {_met(r)} | {r.note} |")
+        lines += ["", "### Memory per cell", "",
+                  f"Calls are sized from a memory budget ({_fmt_bytes(DEFAULT_MEMORY_BUDGET)} by default, "
+                  f"{WORKING_VALUES_PER_SAMPLE} values per sample): replicates are split first, then one estimate's "
+                  "samples. Peak = growth of the process's peak resident memory during the cell (GPU: peak allocated).",
+                  "", "| M | N | peak memory | detail |", "|---|---|---|---|"]  # fmt: skip
+        for r in rows[rows["section"] == "memory"].itertuples():
+            lines.append(f"| {r.n_replicates} | {r.n_samples:g} | {_fmt_bytes(r.value)} | {r.note} |")
+        lines += ["", "### Cost relative to pathwise (same problem, N = 1000)", "",
+                  "| problem | estimator | time / pathwise's | detail |", "|---|---|---|---|"]  # fmt: skip
+        for r in rows[rows["section"] == "relative_cost"].itertuples():
+            lines.append(f"| {r.problem} | {r.estimator} | {r.value:.2f} | {r.note} |")
+        lines.append("")
+    missed = frame[frame["meets_target"].astype(str).str.lower() == "false"]
+    lines += ["## Targets", ""]
+    lines += [f"- **missed**: {r.section} {r.estimator} on {r.problem} ({r.device}, N={r.n_samples}): {r.value:.2f} < {r.target:g}"
+              for r in missed.itertuples()] or ["All targets met."]  # fmt: skip
+    first = frame.iloc[0]
+    lines += ["", f"Recorded with torch {first['torch_version']}, {first['num_threads']} threads, git {first['git_sha']}, "
+              f"host {first['hostname']}.", ""]  # fmt: skip
+    path = out / "perf.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _target(row) -> str:
+    return "" if row.target is None or (isinstance(row.target, float) and math.isnan(row.target)) else f"≥ {row.target:g}"
+
+
+def _met(row) -> str:
+    value = str(row.meets_target).lower()
+    return {"true": "✓", "false": "**missed**"}.get(value, "")

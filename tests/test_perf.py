@@ -1,0 +1,49 @@
+"""The performance benchmark's machinery (not its timings: those are ratios reported by `make perf`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench import perf
+from bench.statistics import kurtosis, variance_relative_se
+from estimators import make_problem
+from tests.helpers import bonferroni_z
+
+Z = bonferroni_z(2)
+
+
+def test_the_hand_written_loop_computes_the_same_estimator():
+    # The loop is the baseline the speed-up is measured against, so it must be the same estimator: pathwise on
+    # the seed problem at θ = 3 has mean 84 and per-sample variance 1314 (MATH.md).
+    torch.manual_seed(5)
+    x = perf.loop_estimates("pathwise", make_problem("seed_dependent"), 3.0, 10, 400)
+    assert abs(x.mean() - 84) / (x.std(ddof=1) / math.sqrt(x.size)) < Z
+    assert abs(math.log(np.var(x, ddof=1) * 10 / 1314)) < Z * variance_relative_se(kurtosis(x), x.size)
+
+
+def test_memory_probe_runs_a_cell_in_a_fresh_process_and_reports_its_statistics():
+    case = ("seed_dependent", "theta", {}, 3.0)
+    result = perf.measure_memory("pathwise", case, n=1000, m=200, device="cpu", budget=1 << 20, seed=3)
+    assert result.peak_bytes >= 0 and result.elapsed_s > 0
+    assert abs(result.bias_z) < Z and result.var_ci[0] <= result.var <= result.var_ci[1]
+
+
+def test_perf_run_writes_every_section_and_a_report(tmp_path):
+    config = perf.PerfConfig(floor_samples=1 << 14, loop_ns=(10, 1000), loop_replicates=20,
+                             memory_cells=((10, 100),), billion=False, min_run_time=0.01)  # fmt: skip
+    table = perf.run_perf(tmp_path, config, progress=lambda message: None)
+    on_disk = pd.read_csv(tmp_path / "perf.csv")
+    assert len(on_disk) == len(table) and list(on_disk.columns) == perf.COLUMNS
+    assert set(table["section"]) == {"floor", "relative_cost", "loop", "memory"}
+    assert (table["value"] > 0).all() or table[table["value"] <= 0]["section"].eq("memory").all()
+    targets = table[table["target"].notna()]
+    # Targets apply to pathwise and the score function on the Gaussian problems and to the loop at N = 1000.
+    assert set(targets["estimator"]) == set(perf.FLOOR_ESTIMATORS)
+    assert set(targets[targets["section"] == "loop"]["n_samples"]) == {1000}
+    report = perf.write_perf_report(tmp_path).read_text()
+    for heading in ("RNG floor", "Python loop", "Memory per cell", "Cost relative to pathwise", "## Targets"):
+        assert heading in report
