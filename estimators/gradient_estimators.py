@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Chi2, Normal, Uniform, Weibull
 
-from .problems import Problem
+from .problems import Problem, resolve_parameters
 
 # surrogate(problem, theta, n_samples, **options) -> Tensor[n_samples, *theta.shape]
 Surrogate = Callable[..., Tensor]
@@ -166,21 +166,7 @@ class Estimator:
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults overridden by ``options``; raises EstimatorError on an unknown name or a non-finite value."""
-        given = dict(options or {})
-        unknown = sorted(set(given) - set(self.parameters))
-        if unknown:
-            allowed = ", ".join(self.parameters) or "none"
-            raise EstimatorError(f"estimator {self.name} has no parameter {', '.join(unknown)}; allowed: {allowed}")
-        resolved = dict(self.parameters)
-        for key, value in given.items():
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise EstimatorError(f"parameter {key} of {self.name} must be a number, got {value!r}") from None
-            if not math.isfinite(value):
-                raise EstimatorError(f"parameter {key} of {self.name} must be finite, got {value!r}")
-            resolved[key] = value
-        return resolved
+        return resolve_parameters(f"estimator {self.name}", dict(options or {}), self.parameters, EstimatorError)
 
 
 ESTIMATORS: dict[str, Estimator] = {

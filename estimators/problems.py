@@ -293,6 +293,26 @@ PROBLEM_FAMILIES: dict[str, ProblemFamily] = {
 }
 
 
+def resolve_parameters(
+    owner: str, given: Mapping[str, object], defaults: Mapping[str, float], error: type[ValueError]
+) -> dict[str, float]:
+    """``defaults`` overridden by ``given``, as finite floats; ``error`` names the value and what is allowed."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise error(f"{owner} has no parameter {', '.join(unknown)}; allowed: {', '.join(defaults) or 'none'}")
+    resolved: dict[str, float] = {}
+    for key, default in defaults.items():
+        value = given.get(key, default)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise error(f"parameter {key} of {owner} must be a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise error(f"parameter {key} of {owner} must be finite, got {value!r}")
+        resolved[key] = value
+    return resolved
+
+
 def make_problem(name: str, wrt: str | None = None, params: Mapping[str, float] | None = None) -> Problem:
     """Build the problem ``name`` w.r.t. ``wrt`` (default: the family's first) with ``params`` over defaults."""
     family = PROBLEM_FAMILIES.get(name)
@@ -304,22 +324,8 @@ def make_problem(name: str, wrt: str | None = None, params: Mapping[str, float] 
             f"problem {name} has no parameter wrt={wrt!r}; allowed: {', '.join(family.wrt_choices)}"
         )
     allowed = family.allowed_params(wrt)
-    given = dict(params or {})
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ProblemError(
-            f"problem {name} (wrt {wrt}) has no parameter {', '.join(unknown)}; "
-            f"allowed: {', '.join(allowed) if allowed else 'none'}"
-        )
-    resolved: dict[str, float] = {}
-    for key in allowed:
-        value = given.get(key, family.defaults[key])
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ProblemError(f"parameter {key} of {name} must be a number, got {value!r}") from None
-        if not math.isfinite(value):
-            raise ProblemError(f"parameter {key} of {name} must be finite, got {value!r}")
-        resolved[key] = value
+    resolved = resolve_parameters(
+        f"problem {name} (wrt {wrt})", dict(params or {}), {k: family.defaults[k] for k in allowed}, ProblemError
+    )
     assert family.build is not None
     return family.build(wrt, resolved)
