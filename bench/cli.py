@@ -9,6 +9,7 @@ from pathlib import Path
 
 from estimators import (
     ESTIMATORS,
+    PEER_STATUS,
     PROBLEM_FAMILIES,
     VARIANCE_REDUCTIONS,
     EstimatorError,
@@ -179,6 +180,9 @@ def _list(args: argparse.Namespace) -> int:
     for estimator in ESTIMATORS.values():
         params = ", ".join(f"{k}={v:g}" for k, v in estimator.parameters.items())
         print(f"  {estimator.name:20s} {estimator.summary}" + (f" [parameters: {params}]" if params else ""))
+    print("peers (pip install -e '.[peers]'; their estimators join run --problem sweeps, never presets):")
+    for peer, status in PEER_STATUS.items():
+        print(f"  {peer:20s} {status}")
     print("variance reductions (--variance-reduction):")
     for scheme in VARIANCE_REDUCTIONS.values():
         print(f"  {scheme.name:20s} {scheme.summary}")

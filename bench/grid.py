@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from estimators import ESTIMATORS, describe, get_estimator, get_variance_reduction, make_problem
+from estimators.peers import PEER_ESTIMATORS
 from estimators.problems import Problem
 
 from .environment import resolve_devices
@@ -85,7 +86,8 @@ class Sweep:
 
     problem: str
     thetas: tuple[float, ...]
-    estimators: tuple[str, ...] = tuple(ESTIMATORS)
+    # Peers (estimators.peers) run only when named, so presets and the regression baseline do not depend on them.
+    estimators: tuple[str, ...] = tuple(name for name in ESTIMATORS if name not in PEER_ESTIMATORS)
     n_samples: tuple[int, ...] = (1, 10, 100, 1000)
     devices: tuple[str, ...] = ("cpu",)
     wrt: str | None = None
