@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="problem parameter, e.g. --set k=-3 (several values sweep it); repeatable")  # fmt: skip
     run.add_argument("--wrt", help="parameter θ stands for (mu or sigma for the Gaussian costs)")
     run.add_argument("--theta", help="θ values, e.g. 0,1,3 (for a leading minus write --theta=-1,2); default 1")
-    run.add_argument("--estimator", help="estimator name(s), comma-separated, or all (peers included); default: all but peers")
+    run.add_argument("--estimator",
+                     help="estimator name(s), comma-separated, or all (peers included); default: all but peers")
     run.add_argument("--estimator-param", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
                      help="estimator parameter, e.g. --estimator-param temperature=0.1,0.5 (several values sweep it)")  # fmt: skip
     run.add_argument("--variance-reduction", help="scheme(s), comma-separated (see `varbench list`); default none")
