@@ -7,7 +7,7 @@ OUT ?= results/default
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick test regress baseline perf report list clean install
+.PHONY: bench quick test regress baseline perf peers report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
@@ -29,6 +29,10 @@ perf: $(VENV)/.installed ## performance report on every available device -> resu
 
 report: $(VENV)/.installed ## re-render $(OUT)/report.md from its table without re-running
 	$(BIN)/varbench report $(OUT)
+
+peers: $(VENV)/.installed ## install the [peers] extra (Pyro, Storchastic) and compare them with ours -> results/peers
+	$(BIN)/python -m pip install --quiet -e ".[peers]" || echo "varbench: some peers failed to install; the report says which"
+	$(BIN)/varbench run --problem seed_dependent --theta 1,3 --estimator all --n 1,10,100,1000 --out results/peers
 
 list: $(VENV)/.installed
 	$(BIN)/varbench list

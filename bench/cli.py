@@ -9,6 +9,7 @@ from pathlib import Path
 
 from estimators import (
     ESTIMATORS,
+    PEER_STATUS,
     PROBLEM_FAMILIES,
     VARIANCE_REDUCTIONS,
     EstimatorError,
@@ -17,7 +18,7 @@ from estimators import (
 )
 
 from .environment import DeviceError
-from .grid import DTYPES, PRESETS, GridError, Sweep, expand, preset
+from .grid import CORE_ESTIMATORS, DTYPES, PRESETS, GridError, Sweep, expand, preset
 from .regression import BaselineError
 from .table import TableError
 
@@ -75,7 +76,7 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
         return [dataclasses.replace(s, dtype=args.dtype) for s in sweeps]
     if not args.problem:
         raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
-    estimators = tuple(ESTIMATORS) if args.estimator in (None, "all") else tuple(
+    estimators = CORE_ESTIMATORS if args.estimator is None else tuple(ESTIMATORS) if args.estimator == "all" else tuple(
         e.strip() for e in args.estimator.split(",")
     )
     return [
@@ -193,6 +194,9 @@ def _list(args: argparse.Namespace) -> int:
     for estimator in ESTIMATORS.values():
         params = ", ".join(f"{k}={v:g}" for k, v in estimator.parameters.items())
         print(f"  {estimator.name:20s} {estimator.summary}" + (f" [parameters: {params}]" if params else ""))
+    print("peers (pip install -e '.[peers]'; their estimators run when named or with --estimator all):")
+    for peer, status in PEER_STATUS.items():
+        print(f"  {peer:20s} {status}")
     print("variance reductions (--variance-reduction):")
     for scheme in VARIANCE_REDUCTIONS.values():
         print(f"  {scheme.name:20s} {scheme.summary}")
@@ -211,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="problem parameter, e.g. --set k=-3 (several values sweep it); repeatable")  # fmt: skip
     run.add_argument("--wrt", help="parameter θ stands for (mu or sigma for the Gaussian costs)")
     run.add_argument("--theta", help="θ values, e.g. 0,1,3 (for a leading minus write --theta=-1,2); default 1")
-    run.add_argument("--estimator", help="estimator name(s), comma-separated, or all (default)")
+    run.add_argument("--estimator",
+                     help="estimator name(s), comma-separated, or all (peers included); default: all but peers")
     run.add_argument("--estimator-param", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
                      help="estimator parameter, e.g. --estimator-param temperature=0.1,0.5 (several values sweep it)")  # fmt: skip
     run.add_argument("--variance-reduction", help="scheme(s), comma-separated (see `varbench list`); default none")

@@ -15,12 +15,16 @@ from dataclasses import dataclass, field
 import torch
 
 from estimators import ESTIMATORS, describe, get_estimator, get_variance_reduction, make_problem
+from estimators.peers import PEER_ESTIMATORS
 from estimators.problems import Problem
 
 from .environment import resolve_devices
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MIN_REPLICATES = 10
+# Peers (estimators.peers) run only when named or with --estimator all, so presets, the regression baseline and
+# `run --problem` without --estimator do not depend on which optional packages are installed.
+CORE_ESTIMATORS = tuple(name for name in ESTIMATORS if name not in PEER_ESTIMATORS)
 
 
 class GridError(ValueError):
@@ -85,7 +89,7 @@ class Sweep:
 
     problem: str
     thetas: tuple[float, ...]
-    estimators: tuple[str, ...] = tuple(ESTIMATORS)
+    estimators: tuple[str, ...] = CORE_ESTIMATORS
     n_samples: tuple[int, ...] = (1, 10, 100, 1000)
     devices: tuple[str, ...] = ("cpu",)
     wrt: str | None = None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from estimators import ESTIMATORS, ProblemError, make_problem
+from estimators import ESTIMATORS, PEER_STATUS, ProblemError, make_problem
 
 from . import environment, plots
 from .statistics import BIAS_ALPHA, Z95, bias_critical_z
@@ -255,6 +255,7 @@ def write_report(out_dir: Path) -> Path:
         lines.append("")
     lines += ["## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in environment.describe().items()]
+    lines += [f"| peer {k} | {v} |" for k, v in PEER_STATUS.items()]  # peers that failed to install, too
     recorded = frame[["device", "device_name", "torch_version", "num_threads", "git_sha", "hostname"]].drop_duplicates()
     lines += ["", "Recorded with the rows (the machines that measured them):", ""] + _markdown_table(recorded) + [""]
     lines += ["Estimators:", ""] + [f"- `{e.name}`: {e.summary}" for e in ESTIMATORS.values()] + [""]

@@ -4,6 +4,7 @@ No I/O, no sweeps, no timing: those live in ``bench``.
 """
 
 from .gradient_estimators import ESTIMATORS, Estimator, EstimatorError, describe, estimate, get_estimator
+from .peers import PEER_ESTIMATORS, PEER_STATUS
 from .problems import PROBLEM_FAMILIES, Problem, ProblemError, ProblemFamily, make_problem
 from .variance_reduction import (
     VARIANCE_REDUCTIONS,
@@ -12,10 +13,15 @@ from .variance_reduction import (
     get_variance_reduction,
 )
 
+# Peer libraries' estimators (pip install -e '.[peers]') join the registry when they import; PEER_STATUS says why not.
+ESTIMATORS.update(PEER_ESTIMATORS)
+
 __all__ = [
     "ESTIMATORS",
     "Estimator",
     "EstimatorError",
+    "PEER_ESTIMATORS",
+    "PEER_STATUS",
     "PROBLEM_FAMILIES",
     "Problem",
     "ProblemError",
