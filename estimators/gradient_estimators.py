@@ -281,3 +281,9 @@ def describe(estimator: str, options: Mapping[str, float] | None = None, varianc
 
 # Imported last: variance reductions compose with the estimators defined above.
 from .variance_reduction import compose  # noqa: E402
+
+# Discrete-latent estimators (ARM, DisARM, Gumbel-softmax, straight-through, REBAR, RELAX) live in their own
+# module and register here, after Estimator and ESTIMATORS exist.
+from .discrete_estimators import register as _register_discrete_estimators  # noqa: E402
+
+_register_discrete_estimators(ESTIMATORS)
