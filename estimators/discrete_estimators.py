@@ -215,6 +215,11 @@ def rebar(problem: Problem, theta: Tensor, n_samples: int, *, temperature: float
     return _control_variate_surrogate(problem, theta, n_samples, control)
 
 
+RELAX_HIDDEN = 16
+RELAX_BATCH = 256  # samples per Adam step of the control variate's training
+RELAX_LEARNING_RATE = 0.01
+
+
 class RelaxControl(nn.Module):
     """c_φ(z) = η f(σ_λ(z)) + MLP(σ_λ(z)): REBAR's relaxed cost with learned η and λ, plus a learned residual.
 
@@ -233,13 +238,11 @@ class RelaxControl(nn.Module):
 
     def forward(self, latent: _Latent, z: Tensor) -> Tensor:
         relaxed = _relax_point(latent, z, self.log_temperature.exp())
+        # The discrete estimators apply only to costs that do not depend on θ, so any θ serves here.
         cost = self.problem.cost(latent.to_sample(relaxed), torch.zeros((), dtype=z.dtype, device=z.device))
         return self.eta * cost + self.residual(relaxed).squeeze(-1)
 
 
-RELAX_HIDDEN = 16
-RELAX_BATCH = 256  # samples per Adam step of the control variate's training
-RELAX_LEARNING_RATE = 0.01
 _RELAX_CACHE: dict[tuple, RelaxControl] = {}
 _RELAX_CACHE_SIZE = 64
 

@@ -136,6 +136,8 @@ def _one_evaluation(problem: Problem) -> int:
 
 def _measure_valued_evaluations(problem: Problem) -> int:
     dist = problem.example_distribution(requires_grad=True)
+    if not isinstance(dist, Normal):
+        return 0  # does not apply (skip_reason says why); the row is recorded as skipped
     pairs = int(dist.loc.requires_grad) + int(dist.scale.requires_grad)
     return 2 * pairs + int(problem.cost_depends_on_theta)
 

@@ -329,3 +329,32 @@ def test_naive_autograd_through_a_discrete_sample_returns_zero():
 def test_invalid_estimator_parameters_are_rejected(name, options):
     with pytest.raises(ValueError, match="must be"):
         draw(name, make_problem("bernoulli_toy"), 0.0, 2, 10, 0, options)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("name", ["score_function", "arm", "disarm", "gumbel_softmax", "straight_through", "rebar", "relax"])
+@pytest.mark.parametrize("problem_name", ["bernoulli_multi", "categorical_toy"])
+def test_discrete_estimators_run_on_cuda(name, problem_name):
+    problem = make_problem(problem_name)
+    if ESTIMATORS[name].skip_reason(problem, 10):
+        pytest.skip(ESTIMATORS[name].skip_reason(problem, 10))
+    options = {"train_steps": 20} if name == "relax" else None
+    torch.manual_seed(3)
+    x = estimate(ESTIMATORS[name], problem, 0.5, 10, 4000, device="cuda", dtype=torch.float64, options=options)
+    assert x.device.type == "cuda" and torch.isfinite(x).all()
+    if ESTIMATORS[name].unbiased_for(problem):
+        z = (x.mean().item() - problem.gradient(0.5)) / (x.std().item() / math.sqrt(x.numel()))
+        assert abs(z) < 4.5
+
+
+def test_default_preset_runs_every_discrete_problem_and_estimator_and_full_extends_it():
+    from bench.grid import expand, preset
+
+    default, full = expand(preset("default")), expand(preset("full"))
+    assert set(default) <= set(full) and len(full) > len(default)
+    discrete = [c for c in default if c.problem in ("bernoulli_toy", "bernoulli_multi", "categorical_toy")]
+    assert {c.problem for c in discrete} == {"bernoulli_toy", "bernoulli_multi", "categorical_toy"}
+    assert {"arm", "disarm", "gumbel_softmax", "straight_through", "rebar", "relax"} <= {c.estimator for c in discrete}
+    assert {dict(c.params).get("t") for c in discrete if c.problem == "bernoulli_toy"} == {0.45, 0.499}
+    temperatures = {dict(c.estimator_params)["temperature"] for c in discrete if c.estimator == "gumbel_softmax"}
+    assert len(temperatures) >= 3  # enough for the report's bias-vs-temperature plot
