@@ -169,16 +169,56 @@ def _gaussian_sweeps(**common) -> list[Sweep]:
     return sweeps
 
 
+RELAXATIONS = ("gumbel_softmax", "straight_through")
+
+
+def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
+    """Discrete latents: every applicable estimator at θ = ½ on bernoulli_toy (t = 0.45 and 0.499, the
+    REBAR/RELAX settings), bernoulli_multi and categorical_toy, at N <= 100, plus the relaxations' bias
+    against temperature at the largest N (~90 s on 2 cores). ``full`` adds N = 1000, θ on both sides (θ = 0
+    is where DisARM is exact on one Bernoulli), temperatures for every discrete problem and for REBAR, and
+    RELAX's training budget."""
+    if not full:
+        # N = 1000 doubles the discrete cells' cost (REBAR and RELAX run ~10 µs per sample); it is in `full`.
+        common = {**common, "n_samples": tuple(n for n in common["n_samples"] if n <= 100)}
+    largest_n = (max(common["n_samples"]),)
+    temperatures = (0.1, 0.5, 1.0, 2.0)
+    toy_targets = {"t": (0.45, 0.499)}
+    if not full:
+        return [
+            Sweep("bernoulli_toy", thetas=(0.5,), params=toy_targets, **common),
+            Sweep("bernoulli_multi", thetas=(0.5,), **common),
+            Sweep("categorical_toy", thetas=(0.5,), **common),
+            Sweep("bernoulli_toy", thetas=(0.5,), params={"t": (0.45,)}, estimator_params={"temperature": temperatures},
+                  **{**common, "estimators": RELAXATIONS, "n_samples": largest_n}),
+        ]  # fmt: skip
+    thetas = (-2.0, 0.0, 0.5, 2.0)
+    swept = {**common, "n_samples": largest_n, "estimators": (*RELAXATIONS, "rebar")}
+    return [
+        Sweep("bernoulli_toy", thetas=thetas, params=toy_targets, **common),
+        Sweep("bernoulli_multi", thetas=thetas, **common),
+        Sweep("categorical_toy", thetas=thetas, **common),
+        *(Sweep(name, thetas=(0.5,), params=params, estimator_params={"temperature": temperatures}, **swept)
+          for name, params in (("bernoulli_toy", toy_targets), ("bernoulli_multi", {}), ("categorical_toy", {}))),
+        Sweep("bernoulli_toy", thetas=(0.5,), params=toy_targets, estimator_params={"train_steps": (0.0, 50.0, 200.0, 1000.0)},
+              **{**common, "n_samples": largest_n, "estimators": ("relax",)}),
+    ]  # fmt: skip
+
+
 def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
     """Named sweeps: ``default`` (make bench, <= 10 min on 2 cores), ``quick`` (make quick, <= 1 min) and
-    ``ci`` (the regression gate's fixed grid)."""
+    ``ci`` (the regression gate's fixed grid) and ``full`` (default plus the larger discrete grid)."""
     if name == "default":
         common = {"devices": devices, "n_samples": (1, 10, 100, 1000)}
         return [
             Sweep("seed_dependent", thetas=(0.0, 1.0, 2.0, 3.0), **common),
             Sweep("seed_fixed", thetas=(1.0, 3.0), **common),
             *_gaussian_sweeps(**common),
+            *_discrete_sweeps(**common),
         ]
+    if name == "full":
+        # Everything in default, plus the larger discrete grid (θ sweeps, temperatures, RELAX's budget).
+        return [*preset("default", devices), *_discrete_sweeps(full=True, devices=devices, n_samples=(1, 10, 100, 1000))]
     if name == "quick":
         common = {"devices": devices, "n_samples": (1, 10, 100)}
         return [
@@ -190,9 +230,11 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
     if name == "ci":
         # The regression gate's grid (make regress / make baseline): fixed M so a baseline and a new run have
         # the same precision; covers the biased naive baseline, heavy-tailed score-function estimates, both
-        # Gaussian parameters and the measure-valued estimator. <= 3 minutes on 2 cores with the speed runs.
+        # Gaussian parameters, the measure-valued estimator and the discrete estimators on the REBAR toy.
+        # <= 3 minutes on 2 cores with the speed runs.
         common = {"devices": ("cpu",), "n_samples": (10, 1000), "replicates": 2000}
         return [
+            Sweep("bernoulli_toy", thetas=(0.0,), wrt="logit", params={"t": (0.45,)}, **common),
             Sweep("seed_dependent", thetas=(1.0, 3.0), **common),
             Sweep("seed_fixed", thetas=(3.0,), **common),
             Sweep("gaussian_cos", thetas=(1.0,), wrt="mu", params={"k": (1.0,)}, **common),
@@ -202,4 +244,4 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
     raise GridError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
 
 
-PRESETS = ("default", "quick", "ci")
+PRESETS = ("default", "quick", "ci", "full")

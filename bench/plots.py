@@ -16,7 +16,8 @@ from estimators import ESTIMATORS  # noqa: E402
 
 from .statistics import Z95  # noqa: E402
 
-_PALETTE = dict(zip(ESTIMATORS, sns.color_palette("colorblind", len(ESTIMATORS))))
+# colorblind has 10 colours; more estimators continue with husl instead of cycling (two estimators sharing a colour).
+_PALETTE = dict(zip(ESTIMATORS, sns.color_palette("colorblind") + sns.color_palette("husl", max(len(ESTIMATORS) - 10, 1))))
 
 
 def _colour(method: str):
@@ -136,3 +137,30 @@ def is_blank(path: Path) -> bool:
     """True when a PNG has a single colour (nothing was drawn)."""
     image = plt.imread(path)
     return bool(np.ptp(image[..., :3]) == 0)
+
+
+def relaxation_bias_vs_temperature(rows: pd.DataFrame, title: str, path: Path, exact: dict | None = None) -> Path:
+    """Bias of the relaxed estimators against temperature (log x), 95% intervals, one panel per θ.
+
+    ``rows`` has columns ``base`` (estimator name), ``temperature``, ``theta``, ``bias``, ``bias_se``, ``n_samples``;
+    ``exact`` maps (base, θ) to (temperatures, exact biases) drawn as lines where the exact value is known.
+    """
+    thetas = sorted(rows["theta"].unique())
+    fig, axes = plt.subplots(1, len(thetas), figsize=(4.6 * len(thetas) + 1.5, 3.8), squeeze=False, sharey=True,
+                             layout="constrained")  # fmt: skip
+    for ax, theta in zip(axes[0], thetas):
+        at_theta = rows[rows["theta"] == theta]
+        for base, group in at_theta.groupby("base", sort=True):
+            group = group.sort_values("temperature")
+            ax.errorbar(group["temperature"], group["bias"], yerr=Z95 * group["bias_se"], marker="o", ms=4, capsize=3,
+                        ls="none", color=_colour(base), label=f"{base} (measured, N = {group['n_samples'].iloc[0]})")  # fmt: skip
+            if exact and (base, theta) in exact:
+                taus, biases = exact[(base, theta)]
+                ax.plot(taus, biases, ls="--", lw=1, color=_colour(base), label=f"{base} (exact)")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(xscale="log", xlabel="temperature τ", title=f"θ = {theta:g}")
+    axes[0][0].set_ylabel("bias = mean − exact gradient, 95% CI")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{title}: bias of the relaxations vs temperature", fontsize=10)
+    return _save(fig, path)

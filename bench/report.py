@@ -8,9 +8,11 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from estimators import ESTIMATORS, PEER_STATUS, ProblemError, make_problem
+from estimators.discrete_estimators import exact_relaxed_mean
 
 from . import environment, plots
 from .statistics import BIAS_ALPHA, Z95, bias_critical_z
@@ -173,6 +175,33 @@ def _parameter_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     return lines
 
 
+def _relaxation_bias_figures(group: pd.DataFrame, problem: str, params_json: str, wrt: str, title: str,
+                             path: Path) -> list[Path]:
+    """Bias vs temperature of the relaxed (biased) discrete estimators at the largest N, with the exact bias
+    where it is known (the Bernoulli problems), when some θ has at least two temperatures."""
+    rows = group[group["method"].str.match(r"(gumbel_softmax|straight_through)\[") & (group["variance_reduction"] == "none")]
+    if rows.empty:
+        return []
+    rows = rows.assign(base=rows["method"].str.split("[").str[0],
+                       temperature=rows["estimator_params"].map(lambda s: json.loads(s).get("temperature", math.nan)))  # fmt: skip
+    rows = rows[rows["n_samples"] == rows["n_samples"].max()]
+    rows = rows[rows.groupby(["base", "theta"])["temperature"].transform("nunique") >= 2]
+    if rows.empty:
+        return []
+    exact = {}
+    try:
+        instance = make_problem(problem, wrt, json.loads(params_json))
+    except (ProblemError, ValueError):
+        instance = None
+    if instance is not None:
+        taus = np.geomspace(rows["temperature"].min() / 1.5, rows["temperature"].max() * 1.5, 25)
+        for (base, theta), _ in rows.groupby(["base", "theta"]):
+            means = [exact_relaxed_mean(instance, theta, base, tau) for tau in taus]
+            if all(m is not None for m in means):
+                exact[(base, theta)] = (taus, np.array(means) - instance.gradient(theta))
+    return [plots.relaxation_bias_vs_temperature(rows, title, path, exact)]
+
+
 def write_report(out_dir: Path) -> Path:
     """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``."""
     out_dir = Path(out_dir)
@@ -229,6 +258,7 @@ def write_report(out_dir: Path) -> Path:
         ]
         if group["theta"].nunique() > 1:
             figures.insert(1, plots.per_sample_variance_vs(group, "theta", title, out_dir / f"{slug}_variance_vs_theta.png"))
+        figures += _relaxation_bias_figures(group, problem, params_json, wrt, title, out_dir / f"{slug}_relaxation_bias.png")
         lines += [f"![]({path.name})" for path in figures] + [""]
         lines += [
             "Cost evaluations per sample: "

@@ -136,6 +136,8 @@ def _one_evaluation(problem: Problem) -> int:
 
 def _measure_valued_evaluations(problem: Problem) -> int:
     dist = problem.example_distribution(requires_grad=True)
+    if not isinstance(dist, Normal):
+        return 0  # does not apply (skip_reason says why); the row is recorded as skipped
     pairs = int(dist.loc.requires_grad) + int(dist.scale.requires_grad)
     return 2 * pairs + int(problem.cost_depends_on_theta)
 
@@ -300,3 +302,9 @@ def describe(estimator: str, options: Mapping[str, float] | None = None, varianc
 
 # Imported last: variance reductions compose with the estimators defined above.
 from .variance_reduction import compose  # noqa: E402
+
+# Discrete-latent estimators (ARM, DisARM, Gumbel-softmax, straight-through, REBAR, RELAX) live in their own
+# module and register here, after Estimator and ESTIMATORS exist.
+from .discrete_estimators import register as _register_discrete_estimators  # noqa: E402
+
+_register_discrete_estimators(ESTIMATORS)

@@ -329,3 +329,10 @@ def make_problem(name: str, wrt: str | None = None, params: Mapping[str, float] 
     )
     assert family.build is not None
     return family.build(wrt, resolved)
+
+
+# Discrete-latent families (Bernoulli, categorical) live in their own module; registered here so that
+# make_problem and `varbench list` know them.
+from .discrete_problems import DISCRETE_FAMILIES  # noqa: E402
+
+PROBLEM_FAMILIES.update(DISCRETE_FAMILIES)
