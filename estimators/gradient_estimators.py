@@ -161,6 +161,10 @@ class Estimator:
     unbiased_for: Callable[[Problem], bool] = _unbiased
     # The estimator's own parameters and their defaults, passed to the surrogate as keyword options.
     parameters: Mapping[str, float] = field(default_factory=dict)
+    # Why sampling schemes that couple the N samples of an estimate (antithetic, qmc) do not apply, or None when
+    # they do: they need every sample drawn through problem.distribution(θ) and each sample's term to depend on
+    # that sample alone (a coupling keeps each sample's marginal, so only then does the mean stay unbiased).
+    coupled_samples_reason: str | None = "it does not declare that its samples may be coupled"
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults overridden by ``options``; raises EstimatorError on an unknown name or a non-finite value."""
@@ -189,19 +193,23 @@ ESTIMATORS: dict[str, Estimator] = {
             naive,
             "∂f with x from .sample(): drops E[f ∂log p]; biased when p depends on θ",
             unbiased_for=_unbiased_when_p_is_fixed,
+            coupled_samples_reason=None,
         ),
-        Estimator("score_function", score_function, "f ∂log p + ∂f (REINFORCE); unbiased, often noisy"),
+        Estimator("score_function", score_function, "f ∂log p + ∂f (REINFORCE); unbiased, often noisy",
+                  coupled_samples_reason=None),
         Estimator(
             "score_function_loo",
             score_function_loo,
             "(f − leave-one-out mean) ∂log p + ∂f (RLOO); unbiased, needs N >= 2",
             skip_reason=_needs_two_samples,
+            coupled_samples_reason="its leave-one-out baseline would contain samples coupled to x_n, which biases it",
         ),
         Estimator(
             "pathwise",
             pathwise,
             "∂f(g_θ(ε)) via rsample (reparameterisation); unbiased, needs f differentiable in x",
             skip_reason=_needs_rsample,
+            coupled_samples_reason=None,
         ),
         Estimator(
             "measure_valued",
@@ -209,6 +217,7 @@ ESTIMATORS: dict[str, Estimator] = {
             "coupled weak derivatives (Weibull pair for μ, Maxwell/Gaussian for σ); 2 cost evals per parameter",
             skip_reason=_needs_gaussian,
             cost_evaluations=_measure_valued_evaluations,
+            coupled_samples_reason="it draws its own Weibull/Maxwell noise, not through the problem's distribution",
         ),
     )
 }
