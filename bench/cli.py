@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a sweep and write table.csv, plots and report.md to --out")
-    run.add_argument("--preset", choices=PRESETS, help="a named grid (default: make bench; quick: make quick)")
+    run.add_argument("--preset", choices=PRESETS, help="a named grid (default: make bench; quick: make quick; full: make full)")
     run.add_argument("--problem", help="problem name(s), comma-separated (see `varbench list`)")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
                      help="problem parameter, e.g. --set k=-3 (several values sweep it); repeatable")  # fmt: skip

@@ -257,13 +257,13 @@ VARIANCE_REDUCTIONS: dict[str, VarianceReduction] = {
         VarianceReduction("none", "plain Monte Carlo: the estimator as it is", _plain),
         VarianceReduction(
             "antithetic",
-            "pairs (ε, −ε) of Gaussian noise, x = μ + σε; any estimator sampling through p; N even",
+            "pairs (ε, −ε) of Gaussian noise, x = μ + σε; estimators that admit coupled samples; Gaussians; N even",
             _sampling_scheme("antithetic", antithetic_standard_normal, needs_even_n=True),
         ),
         VarianceReduction(
             "qmc",
-            "randomised QMC: ε = Φ⁻¹(u), u scrambled Sobol (one coordinate per replicate); any estimator sampling "
-            "through p; Gaussians; best at N = 2^k; samples of one estimate are dependent",
+            "randomised QMC: ε = Φ⁻¹(u), u scrambled Sobol (one coordinate per replicate); estimators that admit coupled "
+            "samples; Gaussians; best at N = 2^k; samples of one estimate are dependent",
             _sampling_scheme("qmc", scrambled_sobol_standard_normal, needs_even_n=False),
         ),
         VarianceReduction(

@@ -402,3 +402,23 @@ def test_the_harness_records_a_skipped_row_with_the_reason():
     row = measure_cell(cell, base_seed=0)
     assert row["status"] == "skipped" and "N must be even" in row["note"]
     assert row["method"] == "pathwise+antithetic" and row["variance_reduction"] == "antithetic"
+
+
+def test_cli_sweeps_schemes_as_an_axis_and_the_report_compares_them_with_plain_monte_carlo(tmp_path):
+    from bench import cli
+    from bench.table import load_table
+
+    args = ["run", "--problem", "seed_dependent", "--theta", "3", "--estimator", "pathwise,measure_valued",
+            "--variance-reduction", "none,antithetic,qmc", "--n", "16", "--replicates", "200", "--no-progress",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert cli.main(args) == 0
+    table = load_table(tmp_path / "table.csv").set_index("method")
+    assert set(table.index) == {"pathwise", "pathwise+antithetic", "pathwise+qmc", "measure_valued",
+                                "measure_valued+antithetic", "measure_valued+qmc"}  # fmt: skip
+    assert table.loc["measure_valued+qmc", "status"] == "skipped"
+    assert "draws its own" in table.loc["measure_valued+qmc", "note"]
+    assert (table.loc[["pathwise+antithetic", "pathwise+qmc"], "status"] == "ok").all()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Variance reduction against plain Monte Carlo" in report
+    assert "| 3 | pathwise | antithetic | 16 |" in report and "| 3 | pathwise | qmc | 16 |" in report
+    assert (tmp_path / "seed_dependent_theta_cpu_float32_variance_reduction.png").exists()
