@@ -127,11 +127,11 @@ def _gaussian_only(scheme: str, problem: Problem) -> str | None:
 
 def _sampling_scheme(scheme: str, standard_noise: StandardNoise, needs_even_n: bool):
     def compose_scheme(estimator: "Estimator", problem: Problem, n_samples: int) -> Union["Surrogate", str]:
-        if estimator.coupled_samples_reason is not None:
-            return f"{scheme} couples the N samples of an estimate, and {estimator.name} does not admit that: {estimator.coupled_samples_reason}"
         reason = _gaussian_only(scheme, problem)
         if reason:
             return reason
+        if estimator.coupled_samples_reason is not None:
+            return f"{scheme} couples the N samples of an estimate, and {estimator.name} does not admit that: {estimator.coupled_samples_reason}"
         if needs_even_n and n_samples % 2:
             return f"{scheme} sampling draws pairs (ε, −ε), so N must be even, got N={n_samples}"
 
@@ -152,6 +152,15 @@ def _control_variate_applies(scheme: str, estimator: "Estimator", problem: Probl
         return f"{scheme} is a control variate for {' and '.join(known)} only, not {estimator.name}"
     if not problem.distribution_depends_on_theta:
         return f"p does not depend on θ, so there is no score or sampling term for {scheme} to reduce"
+    return None
+
+
+def _scalar_sample_only(scheme: str, problem: Problem) -> str | None:
+    # The per-sample derivatives and the Taylor coefficients below treat f as a function of one scalar x per
+    # replicate; a D-dimensional sample would need a vector baseline or a Hessian.
+    probe = problem.example_distribution()
+    if tuple(probe.batch_shape) != (1,) or tuple(probe.event_shape) != ():
+        return f"{scheme} is implemented for one scalar sample per replicate, not batch {tuple(probe.batch_shape)[1:]} event {tuple(probe.event_shape)}"
     return None
 
 
@@ -191,6 +200,9 @@ def _compose_optimal_baseline(estimator: "Estimator", problem: Problem, n_sample
     if reason:
         if estimator.name == "score_function_loo":
             reason += " (score_function_loo already subtracts a leave-one-out baseline)"
+        return reason
+    reason = _scalar_sample_only("optimal_baseline", problem)
+    if reason:
         return reason
     if n_samples < 2:
         return "the optimal baseline is fitted on the other N − 1 samples, so it needs N >= 2"
@@ -242,7 +254,7 @@ def _compose_delta_cv(estimator: "Estimator", problem: Problem, n_samples: int) 
     reason = _control_variate_applies("delta_cv", estimator, problem, tuple(_DELTA_CV))
     if reason:
         return reason
-    reason = _gaussian_only("delta_cv", problem)
+    reason = _gaussian_only("delta_cv", problem) or _scalar_sample_only("delta_cv", problem)
     if reason:
         return reason
     if not problem.cost_is_differentiable:
@@ -269,7 +281,7 @@ VARIANCE_REDUCTIONS: dict[str, VarianceReduction] = {
         VarianceReduction(
             "optimal_baseline",
             "score function with the variance-optimal scalar baseline E[ĝ s]/E[s²] fitted on the other N − 1 "
-            "samples (unbiased, no extra cost evaluations); N >= 2",
+            "samples (unbiased, no extra cost evaluations); scalar samples, any distribution; N >= 2",
             _compose_optimal_baseline,
         ),
         VarianceReduction(

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
-from torch.distributions import Gamma
+from torch.distributions import Gamma, Normal
 
 from bench.grid import Cell
 from bench.measure import measure_cell
@@ -360,8 +360,25 @@ def test_optimal_baseline_reduces_score_function_variance_on_the_seed_problem(th
     assert z < -Z_CRIT, f"variance {np.var(x, ddof=1):.5g} not below plain {plain / n:.5g} (z = {z:.2f})"
 
 
+def test_optimal_baseline_is_unbiased_on_a_non_gaussian_distribution():
+    # Nothing in the baseline is Gaussian: x ~ Gamma(θ, 1), f = x², L = θ(θ + 1), dL/dθ = 2θ + 1.
+    problem = dataclasses.replace(make_problem("gaussian_quadratic", "mu", {"k": 0.0, "sigma": 1.0}),
+                                  distribution=lambda theta: Gamma(theta, torch.ones_like(theta)))  # fmt: skip
+    x = draw("score_function", problem, 2.0, 8, REPLICATES, "optimal_baseline", seed_for("optimal-gamma"))
+    z = (x.mean() - 5.0) / (x.std(ddof=1) / math.sqrt(x.size))
+    assert abs(z) < Z_CRIT, f"mean {x.mean():.5g} vs 5 (z = {z:.2f})"
+
+
 # --------------------------------------------------------------------------------------------------------
 # Where schemes do not apply: a reason, an error from estimate(), and a skipped row from the harness.
+
+
+def _vector_problem():
+    # Three Gaussian coordinates per replicate (batch [M, 3]), as a D-dimensional problem would have.
+    problem = make_problem("gaussian_cos", "mu")
+    return dataclasses.replace(
+        problem, distribution=lambda theta: Normal(theta[..., None].expand(*theta.shape, 3), torch.ones(*theta.shape, 3, dtype=theta.dtype))
+    )
 
 
 def _gamma_problem():
@@ -388,6 +405,8 @@ def _gamma_problem():
         ("optimal_baseline", "score_function_loo", make_problem("seed_dependent"), 10, "already subtracts"),
         ("optimal_baseline", "score_function", make_problem("seed_dependent"), 1, "N >= 2"),
         ("optimal_baseline", "score_function", make_problem("seed_fixed"), 10, "p does not depend on θ"),
+        ("optimal_baseline", "score_function", _vector_problem(), 10, "one scalar sample per replicate"),
+        ("delta_cv", "pathwise", _vector_problem(), 10, "one scalar sample per replicate"),
     ],
 )
 def test_schemes_give_a_reason_where_they_do_not_apply(scheme, estimator, problem, n, reason):
@@ -422,3 +441,18 @@ def test_cli_sweeps_schemes_as_an_axis_and_the_report_compares_them_with_plain_m
     assert "## Variance reduction against plain Monte Carlo" in report
     assert "| 3 | pathwise | antithetic | 16 |" in report and "| 3 | pathwise | qmc | 16 |" in report
     assert (tmp_path / "seed_dependent_theta_cpu_float32_variance_reduction.png").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("name", COUPLED)
+def test_schemes_run_on_cuda_and_stay_unbiased(scheme, name):
+    problem = make_problem("seed_dependent")
+    if isinstance(compose(scheme, ESTIMATORS[name], problem, 16), str):
+        pytest.skip(compose(scheme, ESTIMATORS[name], problem, 16))
+    torch.manual_seed(seed_for("cuda", scheme, name))
+    x = estimate(ESTIMATORS[name], problem, 3.0, 16, 2000, device="cuda", dtype=torch.float64, variance_reduction=scheme)
+    assert x.device.type == "cuda"
+    x = x.cpu().numpy()
+    z = (x.mean() - 84.0) / (x.std(ddof=1) / math.sqrt(x.size))
+    assert abs(z) < Z_CRIT, f"{name}+{scheme} on cuda: mean {x.mean():.5g} vs 84 (z = {z:.2f})"
