@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # the estimators module imports this one
 
 # SobolEngine's direction numbers cover this many dimensions.
 SOBOL_MAX_DIMENSION = SobolEngine.MAXDIM
-# Sobol points carry 30 bits, so u is never closer to 0 or 1 than 2^-31 except at an exact 0 (probability
-# 2^-30 per point), which this clamp keeps finite: Φ⁻¹(2^-32) ≈ −6.2.
+# Sobol points are multiples of 2^-30 in [0, 1 − 2^-30], so this clamp only moves an exact 0 (probability
+# 2^-30 per point), keeping Φ⁻¹ finite: Φ⁻¹(2^-32) ≈ −6.2.
 _UNIFORM_EPS = 2.0**-32
 
 @dataclass(frozen=True)
