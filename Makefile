@@ -7,13 +7,16 @@ OUT ?= results/default
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick test regress baseline perf peers report list clean install
+.PHONY: bench quick full test regress baseline perf peers report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
 
 quick: $(VENV)/.installed ## small sweep (<= 1 min) -> results/quick
 	$(BIN)/varbench run --preset quick --device auto --out results/quick
+
+full: $(VENV)/.installed ## default sweep + the larger discrete and variance-reduction grids -> results/full
+	$(BIN)/varbench run --preset full --device auto --out results/full
 
 test: $(VENV)/.installed ## the test suite (what CI runs)
 	$(BIN)/python -m pytest

@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a sweep and write table.csv, plots and report.md to --out")
-    run.add_argument("--preset", choices=PRESETS, help="a named grid (default: make bench; quick: make quick; full: default plus the larger discrete grid)")
+    run.add_argument("--preset", choices=PRESETS, help="a named grid (default: make bench; quick: make quick; "
+                     "full: make full, default plus the larger discrete and variance-reduction grids; ci: make regress)")  # fmt: skip
     run.add_argument("--problem", help="problem name(s), comma-separated (see `varbench list`)")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
                      help="problem parameter, e.g. --set k=-3 (several values sweep it); repeatable")  # fmt: skip

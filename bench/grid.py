@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators import ESTIMATORS, describe, get_estimator, get_variance_reduction, make_problem
+from estimators import ESTIMATORS, VARIANCE_REDUCTIONS, describe, get_estimator, get_variance_reduction, make_problem
 from estimators.peers import PEER_ESTIMATORS
 from estimators.problems import Problem
 
@@ -205,9 +205,43 @@ def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
     ]  # fmt: skip
 
 
+def _variance_reduction_sweeps(**common) -> list[Sweep]:
+    """Every scheme against plain Monte Carlo (score function, pathwise) on three smooth Gaussian cells, ~1 min.
+
+    QMC skips N = 10: a scrambled Sobol coordinate per replicate costs ~50 µs, so its timing call (2^18
+    samples = 26 214 replicates at N = 10) alone would take most of the budget.
+    """
+    cells = [
+        ("seed_dependent", None, {}, 3.0),
+        ("gaussian_cos", "mu", {"k": (1.0,), "sigma": (1.0,)}, 1.0),
+        ("gaussian_exp", "sigma", {"k": (1.0,), "mu": (1.0,)}, 1.0),
+    ]
+    common = {**common, "estimators": ("score_function", "pathwise")}
+    common.pop("n_samples", None)
+    without_qmc = tuple(v for v in VARIANCE_REDUCTIONS if v != "qmc")
+    sweeps = []
+    for problem, wrt, params, theta in cells:
+        sweeps.append(Sweep(problem, thetas=(theta,), wrt=wrt, params=params, **common,
+                            n_samples=(10, 100, 1000), variance_reductions=without_qmc))  # fmt: skip
+        sweeps.append(Sweep(problem, thetas=(theta,), wrt=wrt, params=params, **common,
+                            n_samples=(100, 1000), variance_reductions=("qmc",)))  # fmt: skip
+    return sweeps
+
+
+def _variance_reduction_sweeps_full(**common) -> list[Sweep]:
+    """Every estimator under every scheme on both wrt of each Gaussian cost and on the seed problem, N up to 1000."""
+    common = {**common, "n_samples": (10, 100, 1000), "variance_reductions": tuple(VARIANCE_REDUCTIONS)}
+    sweeps = [Sweep("seed_dependent", thetas=(1.0, 3.0), **common)]
+    for name in ("gaussian_quadratic", "gaussian_exp", "gaussian_cos"):
+        sweeps.append(Sweep(name, thetas=(0.0, 1.0), wrt="mu", params={"k": (1.0,), "sigma": (1.0,)}, **common))
+        sweeps.append(Sweep(name, thetas=(0.5, 1.0), wrt="sigma", params={"k": (1.0,), "mu": (1.0,)}, **common))
+    return sweeps
+
+
 def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
-    """Named sweeps: ``default`` (make bench, <= 10 min on 2 cores), ``quick`` (make quick, <= 1 min) and
-    ``ci`` (the regression gate's fixed grid) and ``full`` (default plus the larger discrete grid)."""
+    """Named sweeps: ``default`` (make bench, <= 10 min on 2 cores), ``quick`` (make quick, <= 1 min), ``ci``
+    (the regression gate's fixed grid) and ``full`` (default plus the larger discrete and variance-reduction
+    grids)."""
     if name == "default":
         common = {"devices": devices, "n_samples": (1, 10, 100, 1000)}
         return [
@@ -215,10 +249,13 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
             Sweep("seed_fixed", thetas=(1.0, 3.0), **common),
             *_gaussian_sweeps(**common),
             *_discrete_sweeps(**common),
+            *_variance_reduction_sweeps(**common),
         ]
     if name == "full":
-        # Everything in default, plus the larger discrete grid (θ sweeps, temperatures, RELAX's budget).
-        return [*preset("default", devices), *_discrete_sweeps(full=True, devices=devices, n_samples=(1, 10, 100, 1000))]
+        # Everything in default, plus the larger discrete grid (θ sweeps, temperatures, RELAX's budget) and
+        # every estimator under every variance-reduction scheme.
+        return [*preset("default", devices), *_discrete_sweeps(full=True, devices=devices, n_samples=(1, 10, 100, 1000)),
+                *_variance_reduction_sweeps_full(devices=devices)]  # fmt: skip
     if name == "quick":
         common = {"devices": devices, "n_samples": (1, 10, 100)}
         return [

@@ -163,4 +163,32 @@ def relaxation_bias_vs_temperature(rows: pd.DataFrame, title: str, path: Path, e
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{title}: bias of the relaxations vs temperature", fontsize=10)
+
+
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def variance_reduction_factor(rows: pd.DataFrame, title: str, path: Path) -> Path:
+    """Variance of each scheme over plain Monte Carlo's against N (log–log, 95% intervals), one panel per θ.
+
+    ``rows`` are the output of ``report.variance_reduction_factors``: colour = scheme, line style = base estimator.
+    """
+    thetas = sorted(rows["theta"].unique())
+    schemes = sorted(rows["scheme"].unique())
+    bases = sorted(rows["base"].unique())
+    colours = dict(zip(schemes, sns.color_palette("colorblind", len(schemes))))
+    fig, axes = plt.subplots(1, len(thetas), figsize=(4.2 * len(thetas) + 1.5, 3.8), squeeze=False, sharey=True, layout="constrained")
+    for ax, theta in zip(axes[0], thetas):
+        at_theta = _positive(rows[rows["theta"] == theta], "ratio")
+        for (base, scheme), line in at_theta.groupby(["base", "scheme"], sort=True):
+            line = line.sort_values("n_samples")
+            err = [line["ratio"] - line["ratio_low"], line["ratio_high"] - line["ratio"]]
+            ax.errorbar(line["n_samples"], line["ratio"], yerr=err, capsize=3, ms=4, marker="o", color=colours[scheme],
+                        ls=_LINESTYLES[bases.index(base) % len(_LINESTYLES)], label=f"{base}+{scheme}")  # fmt: skip
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)", title=f"θ = {theta:g}")
+    axes[0][0].set_ylabel("variance / plain Monte Carlo variance")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{title}: variance reduction factor (below 1 helps)", fontsize=10)
     return _save(fig, path)

@@ -165,6 +165,10 @@ class Estimator:
     parameters: Mapping[str, float] = field(default_factory=dict)
     # Whether the N samples of one estimate are independent draws (so a huge N may be split across calls).
     samples_independent: bool = True
+    # Why sampling schemes that couple the N samples of an estimate (antithetic, qmc) do not apply, or None when
+    # they do: they need every sample drawn through problem.distribution(θ) and each sample's term to depend on
+    # that sample alone (a coupling keeps each sample's marginal, so only then does the mean stay unbiased).
+    coupled_samples_reason: str | None = "it does not declare that its samples may be coupled"
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults overridden by ``options``; raises EstimatorError on an unknown name or a non-finite value."""
@@ -179,20 +183,24 @@ ESTIMATORS: dict[str, Estimator] = {
             naive,
             "∂f with x from .sample(): drops E[f ∂log p]; biased when p depends on θ",
             unbiased_for=_unbiased_when_p_is_fixed,
+            coupled_samples_reason=None,
         ),
-        Estimator("score_function", score_function, "f ∂log p + ∂f (REINFORCE); unbiased, often noisy"),
+        Estimator("score_function", score_function, "f ∂log p + ∂f (REINFORCE); unbiased, often noisy",
+                  coupled_samples_reason=None),
         Estimator(
             "score_function_loo",
             score_function_loo,
             "(f − leave-one-out mean) ∂log p + ∂f (RLOO); unbiased, needs N >= 2",
             skip_reason=_needs_two_samples,
             samples_independent=False,
+            coupled_samples_reason="its leave-one-out baseline would contain samples coupled to x_n, which biases it",
         ),
         Estimator(
             "pathwise",
             pathwise,
             "∂f(g_θ(ε)) via rsample (reparameterisation); unbiased, needs f differentiable in x",
             skip_reason=_needs_rsample,
+            coupled_samples_reason=None,
         ),
         Estimator(
             "measure_valued",
@@ -200,6 +208,7 @@ ESTIMATORS: dict[str, Estimator] = {
             "coupled weak derivatives (Weibull pair for μ, Maxwell/Gaussian for σ); 2 cost evals per parameter",
             skip_reason=_needs_gaussian,
             cost_evaluations=_measure_valued_evaluations,
+            coupled_samples_reason="it draws its own Weibull/Maxwell noise, not through the problem's distribution",
         ),
     )
 }
