@@ -70,7 +70,8 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
             raise UsageError(f"--preset fixes the grid; drop --{explicit[0].replace('_', '-')} or drop --preset")
         sweeps = preset(args.preset, devices)
         replicates = _replicates(args.replicates)
-        return [dataclasses.replace(s, replicates=replicates, dtype=args.dtype) for s in sweeps]
+        # A preset may fix a sweep's dtype (float64 cells); --dtype, when given, overrides every sweep.
+        return [dataclasses.replace(s, replicates=replicates, dtype=args.dtype or s.dtype) for s in sweeps]
     if not args.problem:
         raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
     estimators = tuple(ESTIMATORS) if args.estimator in (None, "all") else tuple(
@@ -87,7 +88,7 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
             params=_params(args.set),
             estimator_params=_params(args.estimator_param, "--estimator-param"),
             variance_reductions=tuple(v.strip() for v in (args.variance_reduction or "none").split(",")),
-            dtype=args.dtype,
+            dtype=args.dtype or "float32",
             replicates=_replicates(args.replicates),
         )
         for problem in args.problem.split(",")
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n", help="samples per estimate, e.g. 1,10,100,1000 (the default)")
     run.add_argument("--replicates", default="auto", help="estimates per cell, or auto (5%% relative s.e. of the variance)")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated, or auto (= all available)")
-    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    run.add_argument("--dtype", choices=list(DTYPES), help="float32 (default) or float64; overrides a preset's dtypes")
     run.add_argument("--seed", type=int, default=0, help="base seed; each cell's seed is a hash of it and the cell")
     run.add_argument("--out", default="results/latest", help="results folder (re-running into it resumes)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
