@@ -115,19 +115,27 @@ def diagonal_gaussian(dist: Distribution) -> tuple[Tensor, Tensor] | None:
 def coordinates_moved_by_theta(problem: Problem, theta: Tensor) -> tuple[list[int], list[int]]:
     """Event coordinates d of a diagonal Gaussian with ∂loc_d/∂θ ≠ 0, and those with ∂scale_d/∂θ ≠ 0.
 
-    One forward-mode derivative (torch.func.jvp) through the problem's distribution, so a problem need not
-    declare which coordinates θ moves, and a pair is spent only on those.
+    Computed through the problem's own distribution (a problem need not declare which coordinates θ moves),
+    so a coupled pair is spent only on those. The per-coordinate derivative is a Jacobian–vector product,
+    taken as the derivative of a vector–Jacobian product w.r.t. its vector (torch.func.jvp would load
+    TorchScript decompositions on first use, which is slow and deprecated).
     """
-
-    def loc_and_scale(t: Tensor) -> tuple[Tensor, Tensor]:
-        return diagonal_gaussian(problem.distribution(t))
-
-    _, (d_loc, d_scale) = torch.func.jvp(loc_and_scale, (theta.detach(),), (torch.ones_like(theta),))
-
-    def moving(derivative: Tensor) -> list[int]:
-        return derivative.reshape(-1, derivative.shape[-1]).ne(0).any(dim=0).nonzero().flatten().tolist()
-
-    return moving(d_loc), moving(d_scale)
+    t = theta.detach().requires_grad_(True)
+    moved = []
+    for parameter in diagonal_gaussian(problem.distribution(t)):
+        if not parameter.requires_grad:
+            moved.append([])
+            continue
+        direction = torch.ones_like(parameter, requires_grad=True)
+        (vjp,) = torch.autograd.grad(parameter, t, direction, create_graph=True, allow_unused=True)
+        jvp = None
+        if vjp is not None and vjp.requires_grad:
+            (jvp,) = torch.autograd.grad(vjp, direction, torch.ones_like(vjp), allow_unused=True)
+        if jvp is None:  # θ does not reach this parameter
+            moved.append([])
+            continue
+        moved.append(jvp.reshape(-1, jvp.shape[-1]).ne(0).any(dim=0).nonzero().flatten().tolist())
+    return moved[0], moved[1]
 
 
 def _measure_valued_diagonal(problem: Problem, theta: Tensor, n_samples: int, dist: Independent) -> Tensor:
