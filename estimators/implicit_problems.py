@@ -75,8 +75,8 @@ def _clamp_warning(clamped: Callable[[torch.finfo], float]) -> str | None:
         return None
     return (
         f"{single:.2g} of the draws (float32; {double:.2g} in float64) fall beyond the dtype's smallest normal number "
-        "or 1 − eps, where torch clamps samples; the clamp biases estimates (by more the larger that fraction), "
-        "however unbiased the estimator"
+        "or 1 − eps, where torch clamps samples: a cost sensitive there (log x near 0) gets biased estimates in "
+        "that dtype, however unbiased the estimator"
     )
 
 
