@@ -73,7 +73,8 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
         sweeps = preset(args.preset, devices)
         if args.replicates is not None:  # otherwise each preset's own choice (auto, or fixed for ci)
             sweeps = [dataclasses.replace(s, replicates=_replicates(args.replicates)) for s in sweeps]
-        return [dataclasses.replace(s, dtype=args.dtype) for s in sweeps]
+        # A preset may fix a sweep's dtype (float64 cells); --dtype, when given, overrides every sweep.
+        return [dataclasses.replace(s, dtype=args.dtype or s.dtype) for s in sweeps]
     if not args.problem:
         raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
     estimators = CORE_ESTIMATORS if args.estimator is None else tuple(ESTIMATORS) if args.estimator == "all" else tuple(
@@ -90,7 +91,7 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
             params=_params(args.set),
             estimator_params=_params(args.estimator_param, "--estimator-param"),
             variance_reductions=tuple(v.strip() for v in (args.variance_reduction or "none").split(",")),
-            dtype=args.dtype,
+            dtype=args.dtype or "float32",
             replicates=_replicates(args.replicates or "auto"),
         )
         for problem in args.problem.split(",")
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replicates", help="estimates per cell, or auto (5%% relative s.e. of the variance; the default "
                      "except for --preset ci, which fixes 2000)")  # fmt: skip
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated, or auto (= all available)")
-    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    run.add_argument("--dtype", choices=list(DTYPES), help="float32 (default) or float64; overrides a preset's dtypes")
     run.add_argument("--seed", type=int, default=0, help="base seed; each cell's seed is a hash of it and the cell")
     run.add_argument("--out", default="results/latest", help="results folder (re-running into it resumes)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -156,6 +156,11 @@ def expand(sweeps: list[Sweep]) -> list[Cell]:
     return list(dict.fromkeys(cell for sweep in sweeps for cell in sweep.cells()))
 
 
+# The estimators of the default and quick grids; the finite-difference reference runs in its own sweeps
+# (_dimension_sweeps), which keeps make bench within its 10 minutes.
+MAIN_ESTIMATORS = tuple(name for name in CORE_ESTIMATORS if name != "finite_difference")
+
+
 def _gaussian_sweeps(**common) -> list[Sweep]:
     """Mohamed et al. (2020) Fig. 2-style cells: μ = σ = 1 across k, plus a θ sweep at k = 1."""
     k_values = {"gaussian_quadratic": (-3.0, -1.0, 1.0, 3.0), "gaussian_exp": (0.5, 1.0, 2.0),
@@ -238,26 +243,79 @@ def _variance_reduction_sweeps_full(**common) -> list[Sweep]:
     return sweeps
 
 
+def _implicit_sweeps(full: bool = False, **common) -> list[Sweep]:
+    """Gamma, Beta, Dirichlet (implicit reparameterisation) with f = log x, x, x², and small concentrations in
+    float32 and float64, where torch's clamping of tiny samples to the dtype's smallest normal number biases
+    the estimates (and any NaN/inf estimate is counted in n_nonfinite)."""
+    if not full:  # about 18 cells, ~25 s on 2 shared cores: score function against implicit pathwise
+        common = {**common, "n_samples": (100,), "estimators": ("score_function", "pathwise")}
+        return [
+            Sweep("gamma", thetas=(0.5, 2.0), wrt="shape", params={"power": (0.0, 2.0)}, **common),
+            Sweep("gamma", thetas=(1.0,), wrt="rate", params={"power": (1.0,)}, **common),
+            Sweep("beta", thetas=(1.0,), wrt="a", params={"power": (0.0,)}, **common),
+            Sweep("dirichlet", thetas=(1.0,), params={"power": (0.0,)}, **common),
+            *(Sweep("gamma", thetas=(0.01,), wrt="shape", params={"power": (0.0,)}, dtype=dtype, **common)
+              for dtype in ("float32", "float64")),
+        ]  # fmt: skip
+    thetas, powers, small = (0.1, 0.5, 1.0, 2.0, 5.0), (0.0, 1.0, 2.0), (0.001, 0.01, 0.05, 0.1)
+    sweeps = [
+        Sweep("gamma", thetas=thetas, wrt="shape", params={"power": powers}, **common),
+        Sweep("gamma", thetas=thetas, wrt="rate", params={"power": powers}, **common),
+        Sweep("beta", thetas=thetas, wrt="a", params={"power": powers}, **common),
+        Sweep("beta", thetas=thetas, wrt="b", params={"power": powers}, **common),
+        Sweep("dirichlet", thetas=thetas, params={"power": powers}, **common),
+    ]
+    for dtype in ("float32", "float64"):
+        sweeps += [
+            Sweep("gamma", thetas=small, wrt="shape", params={"power": (0.0, 1.0)}, dtype=dtype, **common),
+            Sweep("beta", thetas=small, wrt="a", params={"power": (0.0,), "b": (0.1, 1.0)}, dtype=dtype, **common),
+            Sweep("dirichlet", thetas=small, params={"power": (0.0,), "rest": (0.1, 1.0)}, dtype=dtype, **common),
+        ]
+    return sweeps
+
+
+def _dimension_sweeps(full: bool = False, **common) -> list[Sweep]:
+    """Diagonal Gaussians across the dimension D at θ = μ1 = 1, μ = 0 (the report plots variance against D),
+    and finite differences across their step h: bias 4θh² on the quartic cost, 3h² on seed_dependent."""
+    if full:
+        dims, steps = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), (0.01, 0.1, 0.5, 1.0)
+    else:  # about 20 cells, ~30 s on 2 shared cores
+        dims, steps = (1.0, 4.0, 16.0), (0.1, 1.0)
+        common = {**common, "n_samples": (100,), "estimators": ("score_function", "pathwise", "measure_valued")}
+    sweeps = [
+        Sweep(name, thetas=(1.0,), params={"dim": dims, "mu": (0.0,), "sigma": (1.0,)}, **common)
+        for name in ("diag_gaussian_sum", "diag_gaussian_quartic")
+    ]
+    fd = {**common, "estimators": ("finite_difference",), "estimator_params": {"step": steps}}
+    sweeps.append(Sweep("diag_gaussian_quartic", thetas=(1.0,), params={"dim": (4.0,)}, **fd))
+    sweeps.append(Sweep("seed_dependent", thetas=(3.0,), **{**fd, "n_samples": (1000,)}))
+    return sweeps
+
+
 def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
     """Named sweeps: ``default`` (make bench, <= 10 min on 2 cores), ``quick`` (make quick, <= 1 min), ``ci``
-    (the regression gate's fixed grid) and ``full`` (default plus the larger discrete and variance-reduction
-    grids)."""
+    (the regression gate's fixed grid) and ``full`` (default plus the larger discrete, variance-reduction,
+    implicit-reparameterisation and dimension grids; well over 10 minutes)."""
     if name == "default":
-        common = {"devices": devices, "n_samples": (1, 10, 100, 1000)}
+        common = {"devices": devices, "n_samples": (1, 10, 100, 1000), "estimators": MAIN_ESTIMATORS}
         return [
             Sweep("seed_dependent", thetas=(0.0, 1.0, 2.0, 3.0), **common),
             Sweep("seed_fixed", thetas=(1.0, 3.0), **common),
             *_gaussian_sweeps(**common),
             *_discrete_sweeps(**common),
             *_variance_reduction_sweeps(**common),
+            *_implicit_sweeps(**common),
+            *_dimension_sweeps(**common),
         ]
     if name == "full":
-        # Everything in default, plus the larger discrete grid (θ sweeps, temperatures, RELAX's budget) and
-        # every estimator under every variance-reduction scheme.
-        return [*preset("default", devices), *_discrete_sweeps(full=True, devices=devices, n_samples=(1, 10, 100, 1000)),
-                *_variance_reduction_sweeps_full(devices=devices)]  # fmt: skip
+        # Everything in default, plus the larger discrete grid (θ sweeps, temperatures, RELAX's budget), every
+        # estimator under every variance-reduction scheme, and larger implicit and dimension grids.
+        common = {"devices": devices, "n_samples": (1, 10, 100, 1000), "estimators": MAIN_ESTIMATORS}
+        return [*preset("default", devices), *_discrete_sweeps(full=True, **common),
+                *_variance_reduction_sweeps_full(devices=devices), *_implicit_sweeps(full=True, **common),
+                *_dimension_sweeps(full=True, **common)]  # fmt: skip
     if name == "quick":
-        common = {"devices": devices, "n_samples": (1, 10, 100)}
+        common = {"devices": devices, "n_samples": (1, 10, 100), "estimators": MAIN_ESTIMATORS}
         return [
             Sweep("seed_dependent", thetas=(1.0, 3.0), **common),
             Sweep("seed_fixed", thetas=(3.0,), **common),
@@ -269,7 +327,7 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
         # the same precision; covers the biased naive baseline, heavy-tailed score-function estimates, both
         # Gaussian parameters, the measure-valued estimator and the discrete estimators on the REBAR toy.
         # <= 3 minutes on 2 cores with the speed runs.
-        common = {"devices": ("cpu",), "n_samples": (10, 1000), "replicates": 2000}
+        common = {"devices": ("cpu",), "n_samples": (10, 1000), "replicates": 2000, "estimators": MAIN_ESTIMATORS}
         return [
             Sweep("bernoulli_toy", thetas=(0.0,), wrt="logit", params={"t": (0.45,)}, **common),
             Sweep("seed_dependent", thetas=(1.0, 3.0), **common),

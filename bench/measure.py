@@ -114,7 +114,15 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
     row["n_replicates"] = replicates
     row["n_nonfinite"] = int(estimates.size - finite.size)
     if finite.size < 5:
-        raise FloatingPointError(f"only {finite.size} of {estimates.size} estimates are finite")
+        # A numerical outcome of this cell (e.g. overflow in float32), the same on every re-run: recorded with
+        # its count rather than raised, so it is neither retried nor mistaken for a failure of the harness.
+        row.update(
+            status="skipped",
+            note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of {estimates.size} estimates are "
+            "NaN or ±inf, too few finite ones for statistics",
+            elapsed_s=time.perf_counter() - started,
+        )
+        return row
     if finite.size < estimates.size:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
     summary = summarize(finite, row["true_grad"])

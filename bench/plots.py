@@ -84,6 +84,27 @@ def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) 
     return _save(fig, path)
 
 
+def variance_vs_dimension(group: pd.DataFrame, title: str, path: Path) -> Path:
+    """Per-sample variance against the dimension D (log–log) at the largest N, with 95% intervals; dotted
+    guides ∝ D and ∝ D² through the smallest D's score-function point show the growth rates to compare."""
+    n_max = group["n_samples"].max()
+    rows_all = _positive(group[group["n_samples"] == n_max], "per_sample_var")
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    for estimator, rows in rows_all.groupby("estimator", sort=False):
+        rows = rows.sort_values("dim")
+        err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
+        ax.errorbar(rows["dim"], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
+                    color=_colour(estimator), label=estimator)  # fmt: skip
+    dims = np.sort(rows_all["dim"].unique()).astype(float)
+    anchor = rows_all[rows_all["dim"] == dims[0]]["per_sample_var"].max() if len(dims) else np.nan
+    for power, style in ((1, ":"), (2, "--")):
+        ax.plot(dims, anchor * (dims / dims[0]) ** power, ls=style, lw=1, color="grey", label=f"∝ D{'²' if power == 2 else ''}")
+    ax.set(xscale="log", yscale="log", xlabel="D (dimension)", ylabel=f"per-sample variance (N = {n_max})")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: variance vs dimension", fontsize=10)
+    return _save(fig, path)
+
+
 def _bias_panel(ax, rows: pd.DataFrame) -> None:
     rows = rows.reset_index(drop=True)
     for i, row in rows.iterrows():
@@ -163,6 +184,7 @@ def relaxation_bias_vs_temperature(rows: pd.DataFrame, title: str, path: Path, e
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{title}: bias of the relaxations vs temperature", fontsize=10)
+    return _save(fig, path)
 
 
 _LINESTYLES = ("-", "--", ":", "-.")

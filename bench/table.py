@@ -17,7 +17,7 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("note", "str", "why a cell was skipped or failed; empty when ok"),
     ("problem", "str", "problem family name (see `varbench list`)"),
     ("problem_params", "str", "fixed problem parameters as JSON with sorted keys, e.g. {\"k\": 1.0, \"sigma\": 1.0}"),
-    ("wrt", "str", "the parameter θ stands for: theta (seed problems), mu or sigma (Gaussian costs), logit (Bernoulli problems) or logit0 (categorical_toy)"),
+    ("wrt", "str", "the parameter θ stands for: theta (seed problems), mu or sigma (Gaussian costs), logit (Bernoulli problems), logit0 (categorical_toy), shape/rate (gamma), a/b (beta), alpha1 (dirichlet) or mu1 (diagonal Gaussians); see `varbench list`"),
     ("theta", "float", "value of θ at which the gradient is estimated"),
     ("estimator", "str", "estimator name (see `varbench list`)"),
     ("estimator_params", "str", "the estimator's own parameters as JSON with sorted keys, defaults included, e.g. {\"temperature\": 0.5}; {} when it has none"),

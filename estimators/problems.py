@@ -292,6 +292,13 @@ PROBLEM_FAMILIES: dict[str, ProblemFamily] = {
     },
 }
 
+# Families in their own modules; they import Problem from this one, so they are imported after it is defined.
+from .diagonal_gaussian_problems import DIAGONAL_GAUSSIAN_FAMILIES  # noqa: E402
+from .implicit_problems import IMPLICIT_FAMILIES  # noqa: E402
+
+PROBLEM_FAMILIES.update(IMPLICIT_FAMILIES)
+PROBLEM_FAMILIES.update(DIAGONAL_GAUSSIAN_FAMILIES)
+
 
 def resolve_parameters(
     owner: str, given: Mapping[str, object], defaults: Mapping[str, float], error: type[ValueError]
