@@ -75,13 +75,16 @@ def device_name(device: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def git_sha() -> str:
-    """Commit of the varbench checkout, with '-dirty' when it has uncommitted changes; 'unknown' outside git."""
+    """Commit of the varbench checkout, with '-dirty' when its code has uncommitted changes; 'unknown' outside git.
+
+    Changes under results/ do not count: they are measurements (re-recording the committed baseline rewrites
+    it while it runs), not code."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=_REPO,
             capture_output=True,
             text=True,
