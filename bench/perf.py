@@ -86,11 +86,21 @@ _MEMORY_PROBE = """
 import json, resource, sys, time, torch
 from estimators import ESTIMATORS, estimate, make_problem
 from bench.statistics import summarize
+
+def rss_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
 args = json.loads(sys.argv[1])
 problem = make_problem(args["problem"], args["wrt"], args["params"])
 device = args["device"]
 estimate(ESTIMATORS[args["estimator"]], problem, args["theta"], 10, 10, device=device)  # import/warm-up
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:  # Linux: reset the peak (VmHWM) to the current RSS so the peak below belongs to this cell alone
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before, peak = rss_kib("VmRSS"), lambda: rss_kib("VmHWM")
+except OSError:  # elsewhere: the process's high-water mark, which may include import-time peaks
+    before, peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats(device)
 torch.manual_seed(args["seed"])
@@ -98,9 +108,8 @@ started = time.perf_counter()
 x = estimate(ESTIMATORS[args["estimator"]], problem, args["theta"], args["n"], args["m"], device=device,
              memory_budget=args["budget"]).double().cpu().numpy()
 elapsed = time.perf_counter() - started
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 s = summarize(x, problem.gradient(args["theta"]))
-print(json.dumps({"peak_bytes": after - before, "elapsed_s": elapsed,
+print(json.dumps({"peak_bytes": (peak() - before) * 1024, "elapsed_s": elapsed,
                   "device_peak_bytes": torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None,
                   "mean": s.mean, "bias_z": s.bias_z, "var": s.var, "var_ci": [s.var_ci_low, s.var_ci_high]}))
 """
@@ -108,7 +117,7 @@ print(json.dumps({"peak_bytes": after - before, "elapsed_s": elapsed,
 
 @dataclass(frozen=True)
 class MemoryResult:
-    peak_bytes: int  # growth of the process's peak RSS during the call (host memory)
+    peak_bytes: int  # peak resident memory during the call above the resident memory before it (host memory)
     device_peak_bytes: int | None
     elapsed_s: float
     mean: float
@@ -255,7 +264,7 @@ def write_perf_report(out: Path) -> Path:
         lines += ["", "### Memory per cell", "",
                   f"Calls are sized from a memory budget ({_fmt_bytes(DEFAULT_MEMORY_BUDGET)} by default, "
                   f"{WORKING_VALUES_PER_SAMPLE} values per sample): replicates are split first, then one estimate's "
-                  "samples. Peak = growth of the process's peak resident memory during the cell (GPU: peak allocated).",
+                  "samples. Peak = the process's peak resident memory during the cell above its resident memory before it (Linux: peak reset through /proc/self/clear_refs; GPU: peak allocated).",
                   "", "| M | N | peak memory | detail |", "|---|---|---|---|"]  # fmt: skip
         for r in rows[rows["section"] == "memory"].itertuples():
             lines.append(f"| {r.n_replicates} | {r.n_samples:g} | {_fmt_bytes(r.value)} | {r.note} |")
