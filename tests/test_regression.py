@@ -142,7 +142,7 @@ def test_new_missing_and_failed_cells_are_reported():
 @pytest.fixture(scope="module")
 def speed_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("speed")
-    select = ("-k", "pathwise and seed_dependent")
+    select = ("-k", "pathwise and seed_dependent", "--benchmark-max-time=0.2")  # later options win in pytest
     env = dict(os.environ, VARBENCH_CALLS_PER_ROUND="1")
     base = regression.run_speed_benchmarks(folder / "base.json", extra_args=select, env=env)
     same = regression.run_speed_benchmarks(folder / "same.json", extra_args=select, env=env)
