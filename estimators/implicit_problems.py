@@ -117,6 +117,13 @@ def gamma_d_rate(shape: float, rate: float, power: float) -> float:
     return -power * gamma_objective(shape, rate, power) / rate
 
 
+def _implicit_problem(name: str, wrt: str, params: dict[str, float], summary: str, **fields) -> Problem:
+    """A Problem of this module: θ moves only the distribution, the cost is x^power or log x, θ > its lower bound."""
+    low, reason = fields.pop("theta_low"), fields.pop("theta_range_reason")
+    return Problem(name=name, wrt=wrt, params=params, summary=summary, distribution_depends_on_theta=True,
+                   cost_depends_on_theta=False, theta_range=(low, math.inf), theta_range_reason=reason, **fields)  # fmt: skip
+
+
 def _build_gamma(wrt: str, params: dict[str, float]) -> Problem:
     power = params["power"]
     cost = _power_cost(power)
@@ -155,7 +162,7 @@ def _build_gamma(wrt: str, params: dict[str, float]) -> Problem:
             if power == 0
             else "dL/dβ = −p L / β   (L = E[x^p] = Γ(α+p) / (Γ(α) β^p))"
         )
-    return Problem(
+    return _implicit_problem(
         name="gamma",
         wrt=wrt,
         params=params,
@@ -165,9 +172,7 @@ def _build_gamma(wrt: str, params: dict[str, float]) -> Problem:
         objective=objective,
         gradient=gradient,
         gradient_formula=formula,
-        distribution_depends_on_theta=True,
-        cost_depends_on_theta=False,
-        theta_range=(low, math.inf),
+        theta_low=low,
         theta_range_reason=reason,
         heavy_tail_warning=heavy,
     )
@@ -243,7 +248,7 @@ def _build_beta(wrt: str, params: dict[str, float]) -> Problem:
             if power == 0
             else "dL/db = L (ψ(a+b) − ψ(a+b+p))   (L = E[x^p] = Γ(a+p) Γ(a+b) / (Γ(a) Γ(a+b+p)))"
         )
-    return Problem(
+    return _implicit_problem(
         name="beta",
         wrt=wrt,
         params=params,
@@ -253,9 +258,7 @@ def _build_beta(wrt: str, params: dict[str, float]) -> Problem:
         objective=objective,
         gradient=gradient,
         gradient_formula=formula,
-        distribution_depends_on_theta=True,
-        cost_depends_on_theta=False,
-        theta_range=(low, math.inf),
+        theta_low=low,
         theta_range_reason=reason,
         heavy_tail_warning=heavy,
     )
@@ -275,7 +278,7 @@ def _build_dirichlet(wrt: str, params: dict[str, float]) -> Problem:
         fixed = torch.full((*theta.shape, k - 1), rest, dtype=theta.dtype, device=theta.device)
         return Dirichlet(torch.cat([theta.unsqueeze(-1), fixed], dim=-1))
 
-    return Problem(
+    return _implicit_problem(
         name="dirichlet",
         wrt=wrt,
         params=params,
@@ -290,9 +293,7 @@ def _build_dirichlet(wrt: str, params: dict[str, float]) -> Problem:
             else "dL/dα1 = L (ψ(α1+p) − ψ(α1) + ψ(α0) − ψ(α0+p))   (L = E[x1^p] = Γ(α1+p) Γ(α0) / (Γ(α1) Γ(α0+p))"
         )
         + f", α0 = α1 + (K−1)·rest = α1 + {others:g})",
-        distribution_depends_on_theta=True,
-        cost_depends_on_theta=False,
-        theta_range=(low, math.inf),
+        theta_low=low,
         theta_range_reason=reason,
         # The marginal x1 ~ Beta(α1, (K−1)·rest) approximates where the Dirichlet sampler clamps.
         heavy_tail_warning=lambda t: _warnings(_heavy_tail(t, power), _clamp_warning(_beta_clamped(t, others))),
