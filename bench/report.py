@@ -156,12 +156,17 @@ def _bias_warnings(ok: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _with_problem_params(ok: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """(rows with one column per problem parameter, each row's parameter dict), index reset."""
+    ok = ok.reset_index(drop=True)
+    params = ok["problem_params"].map(lambda s: json.loads(s) if s else {})
+    return pd.concat([ok, pd.DataFrame(list(params), index=ok.index)], axis=1), params
+
+
 def _parameter_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     """Plots of variance against a problem parameter swept at fixed θ (Mohamed et al. Fig. 2 style)."""
     lines = []
-    ok = ok.reset_index(drop=True)
-    params = ok["problem_params"].map(lambda s: json.loads(s) if s else {})
-    expanded = pd.concat([ok, pd.DataFrame(list(params))], axis=1)
+    expanded, params = _with_problem_params(ok)
     for (problem, wrt, device, dtype), family in expanded.groupby(["problem", "wrt", "device", "dtype"], sort=False):
         names = sorted(set().union(*params[family.index]))
         for parameter in names:
@@ -275,12 +280,11 @@ def _variance_reduction_section(ok: pd.DataFrame, out_dir: Path) -> list[str]:
 def _dimension_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     """Log–log plots of per-sample variance against the dimension D for problems with a ``dim`` parameter."""
     lines = []
-    ok = ok.reset_index(drop=True)
-    params = ok["problem_params"].map(lambda s: json.loads(s) if s else {})
+    expanded, params = _with_problem_params(ok)
     with_dim = params.map(lambda p: "dim" in p)
     if not with_dim.any():
         return lines
-    expanded = pd.concat([ok[with_dim], pd.DataFrame(list(params[with_dim]), index=ok.index[with_dim])], axis=1)
+    expanded = expanded[with_dim]
     others = sorted(set().union(*params[with_dim]) - {"dim"})
     for fixed, rows in expanded.groupby(["problem", "wrt", "device", "dtype", "theta", *others], sort=False):
         # Estimator variants measured at a single D (a finite-difference step sweep at one D) are no curve.
