@@ -269,9 +269,9 @@ def run_speed_benchmarks(
     one pytest-benchmark JSON: the first run's, with every run's median in ``extra_info["run_medians"]``.
 
     Fresh processes because a run's timings carry a per-run offset (allocator and page state): back-to-back
-    runs of unchanged code on an idle 2-core VM gave per-benchmark median ratios from 0.6 to 1.5, while the
-    median over several runs moves far less (unchanged code: 0.82-1.42 with three; hence five). ``extra_args`` go to pytest (e.g. ``-k pathwise``); ``env``
-    replaces the environment (tests use it to set ``VARBENCH_CALLS_PER_ROUND``)."""
+    runs of unchanged code on an idle 2-core VM gave per-benchmark median ratios from 0.6 to 1.5, and the
+    median over three runs still 0.82 to 1.42, hence five. ``extra_args`` go to pytest (e.g. ``-k
+    pathwise``); ``env`` replaces the environment (tests use it to set ``VARBENCH_CALLS_PER_ROUND``)."""
     module = Path(__file__).with_name("speed_benchmarks.py")
     runs = []
     for repeat in range(repeats):
