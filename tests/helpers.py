@@ -57,9 +57,10 @@ CASES = [
 ]
 
 
-def problem_cases() -> list:
+def problem_cases(declared: list | None = None) -> list:
+    """pytest params (problem, θ) for (name, wrt, params, θs) rows: ``declared``, or this module's CASES."""
     cases = []
-    for name, wrt, params, thetas in CASES:
+    for name, wrt, params, thetas in CASES if declared is None else declared:
         for theta in thetas:
             label = f"{name}-{wrt}-{'-'.join(f'{k}{v:g}' for k, v in params.items())}-theta{theta:g}"
             cases.append(pytest.param(make_problem(name, wrt, params), theta, id=label))

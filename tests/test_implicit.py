@@ -19,7 +19,7 @@ from scipy import integrate, special, stats
 from bench.grid import Cell
 from bench.measure import measure_cell
 from estimators import ESTIMATORS, EstimatorError, ProblemError, estimate, make_problem
-from tests.helpers import bonferroni_z
+from tests.helpers import bonferroni_z, problem_cases
 
 # (family, wrt, params, θ values): every family and wrt, log x (power 0), x, x² and a negative power, and
 # concentrations below and above 1 (a density singular or vanishing at 0).
@@ -38,18 +38,7 @@ CASES = [
     ("dirichlet", "alpha1", {"power": 1.0, "rest": 0.5, "components": 5}, (1.2,)),
 ]
 UNBIASED = ["score_function", "score_function_loo", "pathwise"]
-
-
-def _cases():
-    out = []
-    for name, wrt, params, thetas in CASES:
-        for theta in thetas:
-            label = f"{name}-{wrt}-{'-'.join(f'{k}{v:g}' for k, v in params.items())}-theta{theta:g}"
-            out.append(pytest.param(make_problem(name, wrt, params), theta, id=label))
-    return out
-
-
-PROBLEM_CASES = _cases()
+PROBLEM_CASES = problem_cases(CASES)
 Z_CRIT = bonferroni_z(len(PROBLEM_CASES) * len(UNBIASED) + 4)
 
 
