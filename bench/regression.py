@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -45,6 +46,11 @@ MIN_VARIANCE_RATIO = 1.2  # a variance change under 20% is not worth failing a b
 SPEED_FAIL_FACTOR = 1.6
 SPEED_MIN_LOW = 1.2
 SPEED_REPEATS = 5  # benchmark processes per run; the gate compares the median of their medians
+# glibc hands every freed 1 MB tensor back to the kernel and the next call faults it in again; on this VM those
+# page faults made the same call's median vary 3.8-12 ms across processes, 2.9-4.4 ms with the heap kept
+# (mmap threshold at glibc's 32 MB maximum, no trimming). Set for the benchmark processes only.
+STEADY_HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**36),
+                   "MALLOC_TOP_PAD_": str(256 * 2**20)}  # fmt: skip
 SPEED_JSON = "speed.json"
 META_JSON = "baseline.json"
 REGRESSIONS_CSV = "regressions.csv"
@@ -215,7 +221,8 @@ def _median_ratio_interval(new: np.ndarray, base: np.ndarray, rng: np.random.Gen
 
 
 def compare_speed(baseline: dict, new: dict, *, fail_factor: float = SPEED_FAIL_FACTOR) -> pd.DataFrame:
-    """Verdicts on median call time per benchmark; gated only when the machine fingerprints match."""
+    """Verdicts on each benchmark's cost relative to the RNG floor (median call time for files recorded before
+    floors were timed); gated only when the machine fingerprints match."""
     same_machine = machine_fingerprint(baseline) == machine_fingerprint(new)
     base_by_name = {b["fullname"]: b for b in baseline.get("benchmarks", [])}
     new_by_name = {b["fullname"]: b for b in new.get("benchmarks", [])}
@@ -229,9 +236,14 @@ def compare_speed(baseline: dict, new: dict, *, fail_factor: float = SPEED_FAIL_
         if bench_base is None:
             rows.append(identity | dict(metric="speed", verdict="new", note="benchmark not in the baseline"))
             continue
-        t_new = np.asarray(bench_new["stats"].get("data") or [bench_new["stats"]["median"]], dtype=float)
-        t_base = np.asarray(bench_base["stats"].get("data") or [bench_base["stats"]["median"]], dtype=float)
-        ratio = _typical_time(bench_new) / _typical_time(bench_base)
+        # Relative to the RNG floor timed beside each round when both runs have it (see speed_benchmarks.py).
+        relative = all("run_relative_medians" in b.get("extra_info", {}) for b in (bench_new, bench_base))
+        if relative:
+            t_new, t_base = _relative_rounds(bench_new), _relative_rounds(bench_base)
+        else:
+            t_new = np.asarray(bench_new["stats"].get("data") or [bench_new["stats"]["median"]], dtype=float)
+            t_base = np.asarray(bench_base["stats"].get("data") or [bench_base["stats"]["median"]], dtype=float)
+        ratio = _typical_cost(bench_new, relative) / _typical_cost(bench_base, relative)
         # The interval's relative width comes from bootstrapping the first runs' rounds, centred on the ratio.
         low, high = _median_ratio_interval(t_new, t_base, rng)
         first_ratio = float(np.median(t_new) / np.median(t_base))
@@ -247,7 +259,8 @@ def compare_speed(baseline: dict, new: dict, *, fail_factor: float = SPEED_FAIL_
             note = "baseline recorded on another machine: reported, not gated"
         rows.append(
             identity
-            | dict(metric="speed", verdict=verdict, baseline=_typical_time(bench_base), new=_typical_time(bench_new),
+            | dict(metric="speed", verdict=verdict, baseline=_typical_cost(bench_base, relative),
+                   new=_typical_cost(bench_new, relative),
                    ratio=ratio, ci_low=low, ci_high=high, note=note)
         )  # fmt: skip
     for name, bench_base in base_by_name.items():
@@ -272,32 +285,57 @@ def run_speed_benchmarks(
     runs of unchanged code on an idle 2-core VM gave per-benchmark median ratios from 0.6 to 1.5, and the
     median over three runs still 0.82 to 1.42, hence five. ``extra_args`` go to pytest (e.g. ``-k
     pathwise``); ``env`` replaces the environment (tests use it to set ``VARBENCH_CALLS_PER_ROUND``)."""
-    module = Path(__file__).with_name("speed_benchmarks.py")
-    runs = []
-    for repeat in range(repeats):
-        path = json_path.with_name(f"{json_path.stem}.run{repeat}.json")
-        command = [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider",
-                   f"--benchmark-json={path}", "--benchmark-min-rounds=15", "--benchmark-max-time=0.5",
-                   "--benchmark-warmup=on", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
-                   *extra_args]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"speed benchmarks failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
-        runs.append(json.loads(path.read_text()))
-        path.unlink()
-    merged = runs[0]
-    for bench in merged["benchmarks"]:
-        bench["extra_info"]["run_medians"] = [
-            other["stats"]["median"] for run in runs for other in run["benchmarks"] if other["fullname"] == bench["fullname"]
-        ]
+    runs = [run_speed_process(json_path, repeat, extra_args=extra_args, env=env) for repeat in range(repeats)]
+    merged = merge_speed_runs(runs)
     json_path.write_text(json.dumps(merged, indent=1))
     return merged
 
 
-def _typical_time(bench: dict) -> float:
-    """Median over runs of each run's median call time (a single run's median for older files)."""
-    medians = bench.get("extra_info", {}).get("run_medians") or [bench["stats"]["median"]]
-    return float(np.median(medians))
+def run_speed_process(json_path: Path, repeat: int, *, extra_args: tuple[str, ...] = (), env: dict | None = None) -> dict:
+    """One fresh pytest-benchmark process over bench/speed_benchmarks.py; its JSON (the file is removed)."""
+    module = Path(__file__).with_name("speed_benchmarks.py")
+    path = json_path.with_name(f"{json_path.stem}.run{repeat}.json")
+    command = [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={path}", "--benchmark-min-rounds=15", "--benchmark-max-time=0.5",
+               "--benchmark-warmup=on", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
+               *extra_args]  # fmt: skip
+    env = dict(os.environ if env is None else env, **STEADY_HEAP_ENV)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"speed benchmarks failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    run = json.loads(path.read_text())
+    path.unlink()
+    return run
+
+
+def merge_speed_runs(runs: list[dict]) -> dict:
+    """The first run's JSON, with every run's median per benchmark in ``extra_info["run_medians"]`` and, where
+    the benchmark timed its RNG floor, every run's median cost relative to it in ``run_relative_medians``."""
+    merged = json.loads(json.dumps(runs[0]))
+    for bench in merged["benchmarks"]:
+        same = [other for run in runs for other in run["benchmarks"] if other["fullname"] == bench["fullname"]]
+        bench["extra_info"]["run_medians"] = [other["stats"]["median"] for other in same]
+        relative = [_relative_rounds(other) for other in same]
+        if all(rounds is not None for rounds in relative):
+            bench["extra_info"]["run_relative_medians"] = [float(np.median(rounds)) for rounds in relative]
+    return merged
+
+
+def _relative_rounds(bench: dict) -> np.ndarray | None:
+    """Each timed round's call time over the RNG-floor time measured just before it; None for older files."""
+    floor = bench.get("extra_info", {}).get("floor_times")
+    data = bench["stats"].get("data")
+    if not floor or not data or len(floor) != len(data):
+        return None
+    return np.asarray(data, dtype=float) / np.asarray(floor, dtype=float)
+
+
+def _typical_cost(bench: dict, relative: bool) -> float:
+    """Median over runs of each run's median: cost relative to the RNG floor, or call time in seconds."""
+    info = bench.get("extra_info", {})
+    if relative:
+        return float(np.median(info["run_relative_medians"]))
+    return float(np.median(info.get("run_medians") or [bench["stats"]["median"]]))
 
 
 def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:

@@ -423,8 +423,8 @@ def _regression_section(out_dir: Path) -> list[str]:
         f"Variance: one-sided test on log(new/baseline variance), kurtosis-adjusted, Holm-corrected across the grid at "
         f"family-wise α = {regression.ALPHA:g}; a regression needs significance *and* a ratio ≥ "
         f"{regression.MIN_VARIANCE_RATIO:g}. Bias: estimators that theory calls unbiased are tested against the exact "
-        f"gradient (Holm, α = {regression.ALPHA:g}), whatever the baseline says. Speed: median call time from "
-        f"pytest-benchmark, gated at ≥ {regression.SPEED_FAIL_FACTOR:g}× only on the baseline's machine fingerprint.",
+        f"gradient (Holm, α = {regression.ALPHA:g}), whatever the baseline says. Speed: median call time relative to "
+        f"torch.randn of the same size timed beside it (pytest-benchmark), gated at ≥ {regression.SPEED_FAIL_FACTOR:g}× only on the baseline's machine fingerprint.",
         "",
     ] + _markdown_table(counts) + [""]
     flagged = verdicts[verdicts["verdict"] != "ok"]
