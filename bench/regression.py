@@ -10,9 +10,11 @@ A variance is itself a random quantity, so the gate is a statistical test, not a
 - **bias**: an estimator that theory calls unbiased regresses when its mean differs significantly from the
   exact gradient (Holm across the grid), whatever the baseline says. For estimators biased in theory, a
   significant change of |bias| against the baseline is a regression (larger) or an improvement (smaller).
-- **speed**: pytest-benchmark runs of ``bench/speed_benchmarks.py``; ratio of median call times with a
-  bootstrap interval. Reported always; a regression only when the baseline was recorded on the same machine
-  fingerprint and the ratio is at least ``SPEED_FAIL_FACTOR`` with an interval above 1.
+- **speed**: pytest-benchmark runs of ``bench/speed_benchmarks.py``; ratio of each call's median cost
+  relative to ``torch.randn`` of the same size (timed beside every round) with a bootstrap interval. Reported
+  always; a regression only when the baseline was recorded on the same machine fingerprint and the ratio is at
+  least ``SPEED_FAIL_FACTOR`` with an interval above ``SPEED_MIN_LOW``. pytest-benchmark's own ``compare`` of
+  the two saved runs (raw call times) is written beside the verdicts as ``speed_compare.txt``.
 
 Verdicts per cell and metric: ok, improved, regressed, new (no baseline cell), missing (baseline cell not in
 the new run). Pure functions on tables; running the sweep and the benchmarks is in ``run_regression``.
@@ -54,6 +56,7 @@ STEADY_HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRES
 SPEED_JSON = "speed.json"
 META_JSON = "baseline.json"
 REGRESSIONS_CSV = "regressions.csv"
+SPEED_COMPARE_TXT = "speed_compare.txt"
 VERDICTS = ("regressed", "missing", "new", "improved", "ok")
 IDENTITY = ["cell_id", "method", "problem", "problem_params", "wrt", "theta", "n_samples", "device", "dtype"]
 COLUMNS = IDENTITY + ["metric", "verdict", "baseline", "new", "ratio", "ci_low", "ci_high", "p_value",
@@ -411,10 +414,23 @@ def run_regression(baseline_folder: Path, out: Path, *, base_seed: int | None = 
         speed = run_speed_benchmarks(out / SPEED_JSON)
         same_machine = machine_fingerprint(speed) == machine_fingerprint(baseline_speed)
         verdicts.append(compare_speed(baseline_speed, speed))
+        write_pytest_benchmark_compare(Path(baseline_folder) / SPEED_JSON, out / SPEED_JSON, out / SPEED_COMPARE_TXT)
     frame = pd.concat([v for v in verdicts if len(v)], ignore_index=True)
     frame = frame.sort_values("verdict", key=lambda s: s.map(VERDICTS.index), kind="stable").reset_index(drop=True)
     frame.to_csv(out / REGRESSIONS_CSV, index=False)
     return RegressionOutcome(frame, same_machine)
+
+
+def write_pytest_benchmark_compare(baseline_json: Path, new_json: Path, path: Path) -> None:
+    """pytest-benchmark's own side-by-side table of the two saved runs (raw call times, one group per
+    benchmark), for readers who know that tool; the verdicts come from ``compare_speed``, not from it."""
+    # pytest_benchmark.cli has no __main__ guard, so `python -m` would print nothing; call its entry point.
+    entry = "import sys; from pytest_benchmark.cli import main; sys.argv[0] = 'pytest-benchmark'; main()"
+    command = [sys.executable, "-c", entry, "compare", str(baseline_json), str(new_json),
+               "--group-by=fullname", "--columns=median,iqr,rounds", "--sort=name"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    text = done.stdout if done.returncode == 0 else f"pytest-benchmark compare failed (exit {done.returncode}):\n{done.stderr}"
+    path.write_text(text)
 
 
 def describe_verdict(row: pd.Series) -> str:

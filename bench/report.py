@@ -424,7 +424,8 @@ def _regression_section(out_dir: Path) -> list[str]:
         f"family-wise α = {regression.ALPHA:g}; a regression needs significance *and* a ratio ≥ "
         f"{regression.MIN_VARIANCE_RATIO:g}. Bias: estimators that theory calls unbiased are tested against the exact "
         f"gradient (Holm, α = {regression.ALPHA:g}), whatever the baseline says. Speed: median call time relative to "
-        f"torch.randn of the same size timed beside it (pytest-benchmark), gated at ≥ {regression.SPEED_FAIL_FACTOR:g}× only on the baseline's machine fingerprint.",
+        f"torch.randn of the same size timed beside it (pytest-benchmark), gated at ≥ {regression.SPEED_FAIL_FACTOR:g}× only on the baseline's machine fingerprint; "
+        f"pytest-benchmark's own comparison of the raw call times is in `{regression.SPEED_COMPARE_TXT}`.",
         "",
     ] + _markdown_table(counts) + [""]
     flagged = verdicts[verdicts["verdict"] != "ok"]

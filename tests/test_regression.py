@@ -171,10 +171,24 @@ def test_speed_benchmark_records_what_it_timed(speed_runs):
 
 def test_unchanged_speed_is_ok_and_a_twofold_slowdown_on_the_same_machine_is_detected(speed_runs):
     base, same, slow = speed_runs
-    assert regression.compare_speed(base, same)["verdict"].tolist() == ["ok"]
+    unchanged = regression.compare_speed(base, same)
+    assert unchanged["verdict"].tolist() == ["ok"], unchanged.to_dict("records")
     (row,) = regression.compare_speed(base, slow).to_dict("records")
     assert row["verdict"] == "regressed", row
     assert row["ci_low"] > regression.SPEED_MIN_LOW and row["ratio"] >= regression.SPEED_FAIL_FACTOR
+
+
+def test_pytest_benchmark_compare_of_the_saved_runs_is_written_beside_the_verdicts(speed_runs, tmp_path):
+    base, _, slow = speed_runs
+    paths = [tmp_path / "base.json", tmp_path / "slow.json"]
+    for path, run in zip(paths, (base, slow)):
+        path.write_text(json.dumps(run))
+    regression.write_pytest_benchmark_compare(*paths, tmp_path / "compare.txt")
+    text = (tmp_path / "compare.txt").read_text()
+    # pytest-benchmark's own table: both saved runs of the one benchmark, by median.
+    # pytest-benchmark's own table: one group for the benchmark, a line per saved run (named after its file).
+    assert "test_estimate_speed[pathwise-seed_dependent-theta]" in text and "Median" in text, text
+    assert "base)" in text and "slow)" in text, text
 
 
 def test_speed_on_another_machine_is_reported_not_gated(speed_runs):
