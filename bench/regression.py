@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import environment
 from .statistics import Z95
 from .table import TABLE_NAME, TableError, latest_rows, load_table
 
@@ -50,9 +51,7 @@ SPEED_MIN_LOW = 1.2
 SPEED_REPEATS = 5  # benchmark processes per run; the gate compares the median of their medians
 # glibc hands every freed 1 MB tensor back to the kernel and the next call faults it in again; on this VM those
 # page faults made the same call's median vary 3.8-12 ms across processes, 2.9-4.4 ms with the heap kept
-# (mmap threshold at glibc's 32 MB maximum, no trimming). Set for the benchmark processes only.
-STEADY_HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**36),
-                   "MALLOC_TOP_PAD_": str(256 * 2**20)}  # fmt: skip
+# (environment.STEADY_HEAP_ENV), which the benchmark processes get.
 SPEED_JSON = "speed.json"
 META_JSON = "baseline.json"
 REGRESSIONS_CSV = "regressions.csv"
@@ -302,7 +301,7 @@ def run_speed_process(json_path: Path, repeat: int, *, extra_args: tuple[str, ..
                f"--benchmark-json={path}", "--benchmark-min-rounds=15", "--benchmark-max-time=0.5",
                "--benchmark-warmup=on", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
                *extra_args]  # fmt: skip
-    env = dict(os.environ if env is None else env, **STEADY_HEAP_ENV)
+    env = dict(os.environ if env is None else env, **environment.STEADY_HEAP_ENV)
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"speed benchmarks failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
@@ -379,7 +378,7 @@ class RegressionOutcome:
 
 def record_baseline(folder: Path, *, preset_name: str = "ci", base_seed: int = 0, progress: bool = True) -> Path:
     """Measure ``preset_name`` and the speed benchmarks into ``folder`` (replacing what was there)."""
-    from . import environment, grid, sweep  # noqa: PLC0415 - heavy imports only when running
+    from . import grid, sweep  # noqa: PLC0415 - heavy imports only when running
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
