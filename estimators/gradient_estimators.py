@@ -48,8 +48,8 @@ def score_surrogate(dist: Distribution, x: Tensor) -> Tensor:
     """A tensor whose gradient w.r.t. θ is ∂_θ log p_θ(x) at the fixed samples x: ``log_prob`` itself, or, for a
     (diagonal) Gaussian, the closed-form score (x − μ)/σ² ∂μ + ((x − μ)²/σ² − 1)/σ ∂σ written as detached
     sample-sized factors times [M]-sized functions of μ(θ), σ(θ). Same gradient; autograd then differentiates
-    those small tensors instead of every step of log_prob over all N·M samples (twice the score function's
-    throughput on CPU)."""
+    those small tensors instead of every step of log_prob over all N·M samples (the score function's share of
+    the RNG floor went from 0.24-0.35 to 0.41-0.51 on 2 CPU cores)."""
     gaussian = diagonal_gaussian(dist)
     if gaussian is None:
         return dist.log_prob(x)
