@@ -102,6 +102,9 @@ def ranking_table(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
+ZERO_VARIANCE_FRACTION = 1e-8  # a best variance this far below the runner-up's is rounding, not noise
+
+
 def _choice_rows(ok: pd.DataFrame) -> list[str]:
     lines = [
         "| problem | θ | N | best (work-normalised variance) | runner-up (× best) | not recommended (biased) |",
@@ -118,6 +121,10 @@ def _choice_rows(ok: pd.DataFrame) -> list[str]:
                 ratio = _ratio(fair.iloc[1]["work_normalized_var"], fair.iloc[0]["work_normalized_var"])
                 tie = ", a tie within timing noise" if ratio < TIMING_TIE_FACTOR else ""
                 runner = f"{fair.iloc[1]['estimator']} (×{_fmt(ratio, 3)}{tie})"
+                # E.g. the coupled measure-valued pair at a symmetric point, or pathwise on a linear cost: every
+                # estimate is the exact gradient, and the ×1e14 against the runner-up is float rounding.
+                if fair.iloc[0]["grad_var"] <= ZERO_VARIANCE_FRACTION * fair.iloc[1]["grad_var"]:
+                    best += " (zero variance here: every estimate exact up to float rounding)"
             unranked = ranked[ranked["rank"].isna()]
             biased = ", ".join(
                 f"**{r.estimator}**" if r.biased else f"{r.estimator} (bias not detectable here)"

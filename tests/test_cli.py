@@ -78,6 +78,21 @@ def test_report_flags_naive_as_biased_and_draws_non_blank_plots(tiny_run):
         assert not plots.is_blank(tiny_run / name), name
 
 
+def test_report_says_when_the_best_estimator_is_exact_rather_than_a_huge_ratio(tmp_path, capsys):
+    # f = Σ x_d: the pathwise gradient is 1 for every sample (zero variance); the score function's is noisy.
+    args = ["run", "--problem", "diag_gaussian_sum", "--set", "dim=2", "--theta", "1", "--n", "10", "--replicates",
+            "100", "--estimator", "pathwise,score_function", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert run_cli(args, capsys)[0] == 0
+    choice = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| diag_gaussian_sum")]
+    assert len(choice) == 1 and "| pathwise (zero variance here" in choice[0], choice
+    # A noisy best estimator is not called exact.
+    noisy = tmp_path / "noisy"
+    args = [*args[:-1], str(noisy)]
+    args[args.index("pathwise,score_function")] = "score_function,score_function_loo"
+    assert run_cli(args, capsys)[0] == 0
+    assert "zero variance here" not in (noisy / "report.md").read_text()
+
+
 def test_report_command_rerenders_without_rerunning(tiny_run, capsys):
     before = digest(tiny_run / "table.csv")
     for png in tiny_run.glob("*.png"):
