@@ -125,7 +125,7 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
         return row
     if finite.size < estimates.size:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
-    summary = summarize(finite, row["true_grad"])
+    summary = summarize(finite, row["true_grad"], eps=torch.finfo(DTYPES[cell.dtype]).eps)
     row.update(
         status="ok",
         grad_mean=summary.mean,

@@ -53,3 +53,22 @@ def test_variance_interval_needs_five_values():
 
 def test_bias_threshold_is_the_two_sided_0_001_critical_value():
     assert bias_critical_z() == pytest.approx(3.2905, abs=1e-4)
+
+
+def test_an_estimate_exact_up_to_float32_rounding_is_not_called_biased():
+    # Pathwise on E[log x] wrt a Gamma's rate is −1/rate for every sample: in float32 the 800 estimates of
+    # −0.2 scatter over their last bits, a variance of ~1e-16 whose standard error alone gave z = −48.
+    import torch
+
+    from bench.measure import measure_cell
+    from bench.grid import Cell
+
+    cell = Cell("gamma", (("power", 0.0), ("shape", 1.0)), "rate", 5.0, "pathwise", 10, "cpu", replicates=800)
+    row = measure_cell(cell, 0, timed=False)
+    assert row["status"] == "ok" and row["grad_var"] < 1e-12 and row["grad_mean"] == pytest.approx(-0.2, rel=1e-6)
+    assert not row["biased"] and abs(row["bias_z"]) < 1
+    # The same arithmetic resolution does not hide a real bias: a 1e-4 relative offset on the same spread.
+    x = torch.full((800,), -0.2, dtype=torch.float32).double().numpy() + np.random.default_rng(1).normal(0, 1e-8, 800)
+    assert summarize(x + 2e-5, -0.2).biased and not summarize(x, -0.2).biased
+    # float64's resolution is 2^29 times finer: the float32 rounding of −0.2 is a bias there.
+    assert summarize(x, -0.2, eps=float(np.finfo(np.float64).eps)).biased
