@@ -15,7 +15,7 @@ from estimators import ESTIMATORS, PEER_STATUS, VARIANCE_REDUCTIONS, ProblemErro
 from estimators.discrete_estimators import exact_relaxed_mean
 
 from . import environment, plots
-from .statistics import BIAS_ALPHA, Z95, bias_critical_z
+from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
 from .table import TABLE_NAME, latest_rows, load_table
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
@@ -334,7 +334,8 @@ def write_report(out_dir: Path) -> Path:
         "",
         "How to read it: each cell draws M independent estimates of dL/dθ, each from N samples. *Bias* is their mean "
         "minus the exact gradient; an estimator is flagged **BIASED** when |z| = |bias| / se exceeds "
-        f"{bias_critical_z():.3g} (two-sided p < {BIAS_ALPHA:g}). "
+        f"{bias_critical_z():.3g} (two-sided p < {BIAS_ALPHA:g}); se includes the dtype's rounding resolution "
+        f"({ROUNDING_ULPS} ulps of the gradient's scale), so estimates exact up to their last bits are not called biased. "
         "*Variance* is that of one N-sample estimate, with a 95% interval (Bonett 2006) that stays honest for "
         "heavy-tailed estimates; per-sample variance = variance × N. *Work-normalised variance* = variance × seconds per "
         "estimate: the variance you get for a fixed compute budget (lower is better). Rankings use it and leave biased "
