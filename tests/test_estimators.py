@@ -271,3 +271,24 @@ def test_measure_valued_counts_two_cost_evaluations_per_gaussian_parameter():
     assert mvd.cost_evaluations(make_problem("gaussian_cos", "sigma")) == 2
     assert mvd.cost_evaluations(make_problem("seed_dependent")) == 3  # + ∂f, since f depends on θ
     assert ESTIMATORS["pathwise"].cost_evaluations(make_problem("gaussian_cos", "mu")) == 1
+
+
+@pytest.mark.parametrize("moves", ["loc", "scale", "both", "diagonal"])
+def test_closed_form_gaussian_score_has_the_gradient_of_log_prob(moves):
+    # score_function's Gaussian shortcut must differentiate to exactly what autograd through log_prob gives.
+    from torch.distributions import Independent, Normal
+
+    from estimators.gradient_estimators import score_surrogate
+
+    theta = torch.tensor([0.3, 1.7, -2.0], dtype=torch.float64, requires_grad=True)
+    loc = {"loc": theta, "scale": torch.zeros_like(theta), "both": theta, "diagonal": theta}[moves]
+    scale = {"loc": torch.ones_like(theta), "scale": theta.abs() + 0.5, "both": theta.abs() + 0.5,
+             "diagonal": torch.ones_like(theta)}[moves]  # fmt: skip
+    dist = Normal(loc, scale)
+    if moves == "diagonal":  # θ moves the first of two coordinates; the second stays N(1, 2²)
+        dist = Independent(Normal(torch.stack([loc, torch.ones_like(theta)], -1), torch.stack([scale, 2 * scale], -1)), 1)
+    x = dist.sample((50,))
+    weights = torch.randn(x.shape[: x.dim() - len(dist.event_shape)], dtype=torch.float64)
+    (expected,) = torch.autograd.grad((weights * dist.log_prob(x)).sum(), theta, retain_graph=True)
+    (actual,) = torch.autograd.grad((weights * score_surrogate(dist, x)).sum(), theta)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
