@@ -297,9 +297,9 @@ def run_speed_process(json_path: Path, repeat: int, *, extra_args: tuple[str, ..
     """One fresh pytest-benchmark process over bench/speed_benchmarks.py; its JSON (the file is removed)."""
     module = Path(__file__).with_name("speed_benchmarks.py")
     path = json_path.with_name(f"{json_path.stem}.run{repeat}.json")
+    # Rounds and warm-up are the module's own (benchmark.pedantic), so no --benchmark-min-rounds/-max-time here.
     command = [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider",
-               f"--benchmark-json={path}", "--benchmark-min-rounds=15", "--benchmark-max-time=0.5",
-               "--benchmark-warmup=on", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
+               f"--benchmark-json={path}", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
                *extra_args]  # fmt: skip
     env = dict(os.environ if env is None else env, **environment.STEADY_HEAP_ENV)
     done = subprocess.run(command, capture_output=True, text=True, env=env)
