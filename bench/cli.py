@@ -17,6 +17,8 @@ from estimators import (
     VarianceReductionError,
 )
 
+from estimators.workloads import WORKLOADS
+
 from . import environment
 from .environment import DeviceError
 from .grid import CORE_ESTIMATORS, DTYPES, PRESETS, GridError, Sweep, expand, preset
@@ -81,11 +83,20 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
     estimators = CORE_ESTIMATORS if args.estimator is None else tuple(ESTIMATORS) if args.estimator == "all" else tuple(
         e.strip() for e in args.estimator.split(",")
     )
+
+    def defaults(problem: str) -> tuple[tuple[str, ...], str]:
+        # A workload runs its own estimators at its checkpoints unless told otherwise.
+        workload = WORKLOADS.get(problem)
+        if workload is None:
+            return estimators, "1"
+        chosen = workload.estimator_names if args.estimator is None else estimators
+        return chosen, ",".join(str(step) for step in workload.checkpoints)
+
     return [
         Sweep(
             problem=problem.strip(),
-            thetas=_floats(args.theta or "1", "--theta"),
-            estimators=estimators,
+            thetas=_floats(args.theta or defaults(problem.strip())[1], "--theta"),
+            estimators=defaults(problem.strip())[0],
             n_samples=_ints(args.n or "1,10,100,1000", "--n"),
             devices=devices,
             wrt=args.wrt,
@@ -192,6 +203,10 @@ def _list(args: argparse.Namespace) -> int:
     for family in PROBLEM_FAMILIES.values():
         params = ", ".join(f"{k}={v:g}" for k, v in family.defaults.items()) or "none"
         print(f"  {family.name:20s} {family.summary} [wrt {'|'.join(family.wrt_choices)}; defaults: {params}]")
+    print("workloads (--problem; θ = --theta is a training step; the gradient is a vector):")
+    for workload in WORKLOADS.values():
+        print(f"  {workload.name:20s} {workload.summary} [checkpoints {', '.join(map(str, workload.checkpoints))} of "
+              f"{workload.train_steps} steps; estimators: {', '.join(workload.estimators)}]")
     print("estimators (--estimator):")
     for estimator in ESTIMATORS.values():
         params = ", ".join(f"{k}={v:g}" for k, v in estimator.parameters.items())

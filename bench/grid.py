@@ -17,6 +17,7 @@ import torch
 from estimators import ESTIMATORS, VARIANCE_REDUCTIONS, describe, get_estimator, get_variance_reduction, make_problem
 from estimators.peers import PEER_ESTIMATORS
 from estimators.problems import Problem
+from estimators.workloads import WORKLOADS
 
 from .environment import resolve_devices
 
@@ -133,6 +134,8 @@ class Sweep:
         for scheme in self.variance_reductions:
             get_variance_reduction(scheme)
         devices = resolve_devices(",".join(self.devices))
+        if self.problem in WORKLOADS:
+            return self._workload_cells(variants, devices)
         keys = sorted(self.params)
         cells = []
         for values in itertools.product(*(self.params[k] for k in keys)):
@@ -149,6 +152,21 @@ class Sweep:
                          self.dtype, self.replicates, options, scheme)
                 )  # fmt: skip
         return cells
+
+    def _workload_cells(self, variants, devices) -> list[Cell]:
+        """A workload's cells: θ is the checkpoint's training step; its parameters are fixed by the workload."""
+        workload = WORKLOADS[self.problem]
+        if self.params:
+            raise GridError(f"workload {workload.name} takes no --set parameters, got {', '.join(sorted(self.params))}")
+        if self.wrt not in (None, workload.wrt):
+            raise GridError(f"workload {workload.name} differentiates w.r.t. {workload.wrt}, got wrt={self.wrt!r}")
+        steps = [workload.check_step(theta) for theta in self.thetas]
+        return [
+            Cell(workload.name, (), workload.wrt, float(step), estimator, int(n), device, self.dtype, self.replicates,
+                 options, scheme)
+            for step, (estimator, options), scheme, n, device in itertools.product(
+                steps, variants, self.variance_reductions, self.n_samples, devices)
+        ]  # fmt: skip
 
 
 def expand(sweeps: list[Sweep]) -> list[Cell]:
@@ -292,6 +310,33 @@ def _dimension_sweeps(full: bool = False, **common) -> list[Sweep]:
     return sweeps
 
 
+def _workload_sweeps(full: bool = False, **common) -> list[Sweep]:
+    """Real workloads at checkpoints of their training runs, M = 200 (~2 min on 2 cores): Bayesian logistic
+    regression (pathwise, score function with and without baselines, delta-method control variate,
+    measure-valued) and the discrete VAE's encoder (every discrete estimator). ``full`` adds checkpoints,
+    larger N and the relaxations' temperatures."""
+    devices = common["devices"]
+    logreg_steps = (0.0, 10.0, 50.0, 100.0, 200.0, 500.0) if full else (0.0, 50.0, 500.0)
+    vae_steps = (0.0, 10.0, 30.0, 100.0, 300.0) if full else (0.0, 30.0, 300.0)
+    logreg_n = (1, 10, 100, 1000) if full else (1, 10, 100)
+    # 124 cost evaluations per sample (two per mean and per log-scale): N = 100 costs ~12 s per cell.
+    mvd_n = (1, 10, 100) if full else (1, 10)
+    vae_n = (2, 10, 100) if full else (2, 10)
+    sweeps = [
+        Sweep("bayes_logreg", thetas=logreg_steps, estimators=("pathwise", "score_function", "score_function_loo"),
+              n_samples=logreg_n, devices=devices),
+        Sweep("bayes_logreg", thetas=logreg_steps, estimators=("score_function",), variance_reductions=("delta_cv",),
+              n_samples=logreg_n, devices=devices),
+        Sweep("bayes_logreg", thetas=logreg_steps, estimators=("measure_valued",), n_samples=mvd_n, devices=devices),
+        Sweep("discrete_vae", thetas=vae_steps, estimators=WORKLOADS["discrete_vae"].estimator_names, n_samples=vae_n,
+              devices=devices),
+    ]  # fmt: skip
+    if full:
+        sweeps.append(Sweep("discrete_vae", thetas=vae_steps, estimators=RELAXATIONS, n_samples=(10,), devices=devices,
+                            estimator_params={"temperature": (0.1, 0.5, 1.0)}))  # fmt: skip
+    return sweeps
+
+
 def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
     """Named sweeps: ``default`` (make bench, <= 10 min on 2 cores), ``quick`` (make quick, <= 1 min), ``ci``
     (the regression gate's fixed grid) and ``full`` (default plus the larger discrete, variance-reduction,
@@ -306,6 +351,7 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
             *_variance_reduction_sweeps(**common),
             *_implicit_sweeps(**common),
             *_dimension_sweeps(**common),
+            *_workload_sweeps(**common),
         ]
     if name == "full":
         # Everything in default, plus the larger discrete grid (θ sweeps, temperatures, RELAX's budget), every
@@ -313,7 +359,7 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
         common = {"devices": devices, "n_samples": (1, 10, 100, 1000), "estimators": MAIN_ESTIMATORS}
         return [*preset("default", devices), *_discrete_sweeps(full=True, **common),
                 *_variance_reduction_sweeps_full(devices=devices), *_implicit_sweeps(full=True, **common),
-                *_dimension_sweeps(full=True, **common)]  # fmt: skip
+                *_dimension_sweeps(full=True, **common), *_workload_sweeps(full=True, **common)]  # fmt: skip
     if name == "quick":
         common = {"devices": devices, "n_samples": (1, 10, 100), "estimators": MAIN_ESTIMATORS}
         return [

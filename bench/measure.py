@@ -13,10 +13,11 @@ from torch.utils import benchmark
 
 from estimators import estimate, get_estimator
 from estimators.variance_reduction import compose
+from estimators.workloads import WORKLOADS, estimate_workload
 
 from . import environment
 from .grid import DTYPES, Cell
-from .statistics import kurtosis, replicates_for_relative_se, summarize
+from .statistics import kurtosis, replicates_for_relative_se, summarize, summarize_vector
 from .table import COLUMNS
 
 PILOT_REPLICATES = 400
@@ -27,6 +28,10 @@ MAX_SAMPLES_PER_CELL = 1 << 24  # caps M·N for auto replicates; the achieved pr
 # comparable across cells, and calls are short enough for ~10+ timed blocks per cell.
 TIMING_SAMPLES = 1 << 18
 TIMING_MIN_RUN_TIME = 0.15  # seconds of timed blocks per cell; shorter windows gave ±2× noise on 2 cores
+# A workload's sample holds a whole data set's activations (569 patients, 100 images): 10³-10⁵ times a toy
+# problem's, so its timed calls hold fewer samples, and --replicates auto means this many estimates.
+WORKLOAD_TIMING_SAMPLES = 256
+WORKLOAD_REPLICATES = 200
 
 
 def utc_now() -> str:
@@ -84,6 +89,8 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
 
     ``timed=False`` leaves the timing columns empty: the statistics alone, for tests that need many cells fast.
     """
+    if cell.problem in WORKLOADS:
+        return measure_workload_cell(cell, base_seed, timed=timed)
     started = time.perf_counter()
     row = base_row(cell, base_seed, utc_now())
     problem = cell.build_problem()
@@ -141,6 +148,11 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
         kurtosis=summary.kurtosis,
         per_sample_var=summary.var * cell.n_samples,
         mse=summary.mse,
+        n_params=1,
+        grad_var_max=summary.var,
+        grad_norm_var=float(np.var(np.abs(finite), ddof=1)),
+        true_grad_se=0.0,
+        objective=_objective(problem, cell.theta),
     )
     if timed:
         timing_replicates = max(1, TIMING_SAMPLES // cell.n_samples)
@@ -158,4 +170,96 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
     if not math.isfinite(row["bias_z"]):
         notes.append("estimates are constant")
     row["note"] = "; ".join(n for n in notes if n)
+    return row
+
+
+def _objective(problem, theta: float) -> float | None:
+    try:
+        return float(problem.objective(theta))
+    except Exception:  # a user's problem may not know L(θ); the column is then empty
+        return None
+
+
+def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
+    """Measure one workload cell: M estimates of the whole gradient vector at the checkpoint θ = training step,
+    summarised over coordinates (``statistics.summarize_vector``) against the workload's ground truth."""
+    started = time.perf_counter()
+    row = base_row(cell, base_seed, utc_now())
+    workload = WORKLOADS[cell.problem]
+    step = workload.check_step(cell.theta)
+    method = cell.estimator if cell.variance_reduction == "none" else f"{cell.estimator}+{cell.variance_reduction}"
+    reason = workload.skip_reason(method, cell.n_samples)
+    spec = workload.estimators.get(method)
+    row["n_params"] = workload.parameter_count
+    if spec is not None:
+        row["cost_evals_per_sample"] = spec.cost_evaluations
+        row["expected_unbiased"] = spec.unbiased
+    truth, truth_error = workload.exact_gradient(step)
+    row.update(true_grad=float(truth.norm()), true_grad_se=float(truth_error.norm()), objective=workload.objective(step))
+    if reason:
+        row.update(status="skipped", note=reason, elapsed_s=time.perf_counter() - started)
+        return row
+    dtype = DTYPES[cell.dtype]
+
+    def draw(replicates: int) -> torch.Tensor:
+        return estimate_workload(workload, method, step, cell.n_samples, replicates, device=cell.device, dtype=dtype,
+                                 options=dict(cell.estimator_params))  # fmt: skip
+
+    replicates = WORKLOAD_REPLICATES if cell.replicates is None else cell.replicates
+    torch.manual_seed(row["seed"])
+    estimates = draw(replicates).double().cpu().numpy()
+    finite_rows = np.isfinite(estimates).all(axis=1)
+    row["n_replicates"] = replicates
+    row["n_nonfinite"] = int((~finite_rows).sum())
+    if finite_rows.sum() < 5:
+        row.update(status="skipped", note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of "
+                   f"{replicates} estimates have NaN or ±inf coordinates", elapsed_s=time.perf_counter() - started)  # fmt: skip
+        return row
+    unresolved = None
+    if workload.unresolved_by_sampling is not None:
+        unresolved = workload.unresolved_by_sampling(step, replicates * cell.n_samples).numpy()
+    vector = summarize_vector(estimates[finite_rows], truth.numpy(), truth_error.numpy(), eps=torch.finfo(dtype).eps,
+                              unresolved=unresolved)  # fmt: skip
+    summary = vector.summary
+    row.update(
+        status="ok",
+        grad_mean=summary.mean,
+        bias=summary.bias,
+        bias_se=summary.bias_se,
+        bias_z=summary.bias_z,
+        bias_p_value=summary.bias_p_value,
+        biased=summary.biased,
+        grad_var=summary.var,
+        grad_var_ci_low=summary.var_ci_low,
+        grad_var_ci_high=summary.var_ci_high,
+        grad_var_rel_se=summary.var_rel_se,
+        kurtosis=summary.kurtosis,
+        per_sample_var=summary.var * cell.n_samples,
+        mse=summary.mse,
+        grad_var_max=vector.var_max,
+        grad_norm_var=vector.norm_var,
+    )
+    notes = [f"{row['n_nonfinite']} estimates with non-finite coordinates excluded"] if row["n_nonfinite"] else []
+    if unresolved is not None and unresolved.any():
+        notes.append(
+            f"{int((unresolved > 0).sum())} of {vector.n_params} coordinates get part of their gradient from latent "
+            f"outcomes expected < 5 times in the cell's {replicates * cell.n_samples} draws per image; that exact part "
+            f"(norm {np.linalg.norm(unresolved):.3g}) is added to the bias test's uncertainty, and their variance is "
+            "underestimated"
+        )
+    if summary.biased:
+        notes.append(f"largest bias at coordinate {vector.worst_coordinate} of {vector.n_params}")
+    if timed:
+        timing_replicates = max(1, WORKLOAD_TIMING_SAMPLES // cell.n_samples)
+        seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
+        seconds_per_estimate = seconds / timing_replicates
+        row.update(
+            seconds_per_estimate=seconds_per_estimate,
+            samples_per_second=cell.n_samples / seconds_per_estimate,
+            work_normalized_var=summary.var * seconds_per_estimate,
+            timing_replicates=timing_replicates,
+            timing_runs=runs,
+        )
+    row["note"] = "; ".join(notes)
+    row["elapsed_s"] = time.perf_counter() - started
     return row

@@ -214,3 +214,23 @@ def variance_reduction_factor(rows: pd.DataFrame, title: str, path: Path) -> Pat
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{title}: variance reduction factor (below 1 helps)", fontsize=10)
     return _save(fig, path)
+
+
+def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path:
+    """Workloads: mean per-coordinate variance (left) and work-normalised variance (right) against the training
+    step of the checkpoint, one line per estimator at the largest N, with 95% intervals on the variance."""
+    n_max = group["n_samples"].max()
+    rows_all = _positive(group[group["n_samples"] == n_max], "grad_var")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for estimator, rows in rows_all.groupby("estimator", sort=False):
+        rows = rows.sort_values("theta")
+        err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
+        axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3,
+                         color=_colour(estimator), label=estimator)  # fmt: skip
+        timed = rows[rows["work_normalized_var"] > 0]
+        axes[1].plot(timed["theta"], timed["work_normalized_var"], marker="o", ms=4, color=_colour(estimator), label=estimator)
+    axes[0].set(yscale="log", xlabel="training step (checkpoint)", ylabel=f"mean per-coordinate variance (N = {n_max})")
+    axes[1].set(yscale="log", xlabel="training step (checkpoint)", ylabel="variance × seconds per estimate")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: variance along training", fontsize=10)
+    return _save(fig, path)

@@ -14,7 +14,10 @@ import pandas as pd
 from estimators import ESTIMATORS, PEER_STATUS, VARIANCE_REDUCTIONS, ProblemError, make_problem
 from estimators.discrete_estimators import exact_relaxed_mean
 
+from estimators.workloads import WORKLOADS
+
 from . import environment, plots
+from .workload_report import workload_biases, workload_sections
 from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
 from .table import TABLE_NAME, latest_rows, load_table
 
@@ -352,10 +355,15 @@ def write_report(out_dir: Path) -> Path:
             "",
         ]
     lines += _regression_section(out_dir)
-    if len(ok):
-        warnings = _bias_warnings(ok)
+    # Workloads (gradient vectors at training checkpoints) have their own section; the rest is per scalar θ.
+    workloads = ok[ok["problem"].isin(WORKLOADS)]
+    ok = ok[~ok["problem"].isin(WORKLOADS)]
+    if len(ok) or len(workloads):
+        warnings = _bias_warnings(ok) + workload_biases(workloads)
         lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]
+    if len(ok):
         lines += ["## Which estimator to choose", "", "At the largest N of each problem:", ""] + _choice_rows(ok) + [""]
+    lines += workload_sections(workloads, skipped, out_dir)
     for key, group in ok.groupby(INSTANCE, sort=False):
         problem, params_json, wrt, device, dtype = key
         title = _title(problem, params_json, wrt)

@@ -247,12 +247,12 @@ _RELAX_CACHE: dict[tuple, RelaxControl] = {}
 _RELAX_CACHE_SIZE = 64
 
 
-def _train_relax_control(problem: Problem, theta: float, steps: int, dtype: torch.dtype, device: torch.device) -> RelaxControl:
-    """Adam on φ for ``steps`` steps minimising the batch mean of ĝ² at θ (E[ĝ] does not depend on φ, so this
-    minimises the estimator's variance; Grathwohl et al. 2018 §3.3), each step on ``RELAX_BATCH``
-    single-sample estimates. Seeded from (problem, θ, steps, dtype) on a forked RNG, so the result is
-    reproducible and the measurement's random stream is untouched."""
-    key = f"{problem.label}|{theta!r}|{steps}|{dtype}"
+def fit_relax_control(problem: Problem, make_thetas: Callable[[], Tensor], inputs: int, steps: int, key: str,
+                      dtype: torch.dtype, device: torch.device) -> RelaxControl:
+    """Adam on φ for ``steps`` steps minimising the mean of ĝ² over the single-sample estimates w.r.t. the
+    leaf tensor ``make_thetas()`` returns (one θ per estimate, so autograd keeps them apart). E[ĝ] does not
+    depend on φ, so this minimises the estimator's variance (Grathwohl et al. 2018 §3.3). Seeded from ``key``
+    on a forked RNG, so the result is reproducible and the measurement's random stream is untouched."""
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
     fork = [device.index or 0] if device.type == "cuda" else []
     threads = torch.get_num_threads()
@@ -262,25 +262,29 @@ def _train_relax_control(problem: Problem, theta: float, steps: int, dtype: torc
     try:
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
-            return _adam_on_squared_estimate(problem, theta, steps, dtype, device)
+            control = RelaxControl(problem, inputs).to(dtype=dtype, device=device)
+            optimiser = torch.optim.Adam(control.parameters(), lr=RELAX_LEARNING_RATE)
+            for _ in range(steps):
+                thetas = make_thetas()
+                surrogate = _control_variate_surrogate(problem, thetas, 1, control, differentiable_in_control=True)
+                (estimates,) = torch.autograd.grad(surrogate.sum(), thetas, create_graph=True)
+                optimiser.zero_grad()
+                (estimates**2).mean().backward()
+                optimiser.step()
     finally:
         torch.set_num_threads(threads)
-
-
-def _adam_on_squared_estimate(problem: Problem, theta: float, steps: int, dtype: torch.dtype, device: torch.device) -> RelaxControl:
-    probe = _latent(problem, torch.full((1,), theta, dtype=dtype, device=device))
-    control = RelaxControl(problem, probe.logits.shape[-1]).to(dtype=dtype, device=device)
-    optimiser = torch.optim.Adam(control.parameters(), lr=RELAX_LEARNING_RATE)
-    for _ in range(steps):
-        # One θ per single-sample estimate, so autograd returns each estimate separately (for ĝ²).
-        thetas = torch.full((RELAX_BATCH,), theta, dtype=dtype, device=device, requires_grad=True)
-        surrogate = _control_variate_surrogate(problem, thetas, 1, control, differentiable_in_control=True)
-        (estimates,) = torch.autograd.grad(surrogate.sum(), thetas, create_graph=True)
-        optimiser.zero_grad()
-        (estimates**2).mean().backward()
-        optimiser.step()
     control.requires_grad_(False)
     return control
+
+
+def _train_relax_control(problem: Problem, theta: float, steps: int, dtype: torch.dtype, device: torch.device) -> RelaxControl:
+    """The control for a scalar θ: each step on ``RELAX_BATCH`` single-sample estimates at θ."""
+    inputs = _latent(problem, torch.full((1,), theta, dtype=dtype, device=device)).logits.shape[-1]
+
+    def make_thetas() -> Tensor:
+        return torch.full((RELAX_BATCH,), theta, dtype=dtype, device=device, requires_grad=True)
+
+    return fit_relax_control(problem, make_thetas, inputs, steps, f"{problem.label}|{theta!r}|{steps}|{dtype}", dtype, device)
 
 
 def relax_control(problem: Problem, theta: float, steps: int, dtype: torch.dtype, device: torch.device) -> RelaxControl:

@@ -1,0 +1,261 @@
+"""``discrete_vae``: a small VAE with Bernoulli latents on scikit-learn's 8×8 digits, binarised.
+
+1797 images x ∈ {0, 1}^64 (pixel intensity ≥ 8 of 16). K = 8 Bernoulli latents; encoder q(z | x) =
+Bernoulli(σ(xW + b)) (φ = (W, b), P = 64·8 + 8 = 520: the gradient measured); decoder p(x | z) =
+Bernoulli(σ(zV + c)) and prior p(z) = Bernoulli(σ(π)), held fixed at each checkpoint. The ELBO per image is
+
+    ELBO(x) = E_q[f_x(z)] + H[q(· | x)],   f_x(z) = log p(x | z) + log p(z),
+
+averaged over a fixed evaluation batch of 100 images (every 18th). The estimators estimate ∇_φ E_q[f] — the
+encoder gradient that REINFORCE, RLOO, ARM, DisARM, REBAR, RELAX, Gumbel-softmax and straight-through differ
+on — each image with its own N samples; the entropy is analytic and its gradient added to every estimate.
+
+Ground truth is exact: with K = 8 there are 256 latent configurations, so E_q[f] is a finite sum, and autograd
+of it (float64) is the exact encoder gradient, the relaxations' bias included.
+
+Checkpoints: Adam (learning rate 0.02) on the exact ELBO (every parameter) of seeded random minibatches of
+200 images, 300 steps from a seeded initialisation; deterministic, so every process reconstructs the same φ.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Independent
+from torch.nn.functional import logsigmoid, softplus
+
+from . import discrete_estimators as discrete
+from .gradient_estimators import score_function, score_function_loo
+from .workload import Workload, WorkloadEstimator, surrogate_problem
+
+LATENTS = 8
+PIXELS = 64
+TRAIN_STEPS = 300
+LEARNING_RATE = 0.02
+TRAINING_BATCH = 200  # images per step (the exact ELBO of all 1797 takes 0.3 s per step on 2 cores)
+CHECKPOINTS = (0, 30, 300)
+EVALUATION_STRIDE = 18  # every 18th image: 100 images in the evaluation batch
+INITIAL_SCALE = 0.1
+RELAX_REPLICATES = 4  # single-sample estimates per image per Adam step of RELAX's control variate
+
+
+@functools.lru_cache(maxsize=None)
+def data() -> Tensor:
+    """All 1797 binarised images [1797, 64], float64."""
+    from sklearn.datasets import load_digits  # ships with scikit-learn: nothing is downloaded
+
+    return torch.from_numpy((load_digits().data >= 8).astype("float64"))
+
+
+def evaluation_batch() -> Tensor:
+    return data()[::EVALUATION_STRIDE]
+
+
+def all_configurations(dtype: torch.dtype = torch.float64) -> Tensor:
+    """Every z ∈ {0, 1}^K, [2^K, K]."""
+    codes = torch.arange(2**LATENTS).unsqueeze(-1)
+    return ((codes >> torch.arange(LATENTS)) & 1).to(dtype)
+
+
+def _split_encoder(phi: Tensor) -> tuple[Tensor, Tensor]:
+    """φ [..., 520] -> (W [..., 64, 8], b [..., 8])."""
+    weights = phi[..., : PIXELS * LATENTS].reshape(*phi.shape[:-1], PIXELS, LATENTS)
+    return weights, phi[..., PIXELS * LATENTS :]
+
+
+def encoder_logits(phi: Tensor, images: Tensor) -> Tensor:
+    """Logits of q(z | x) for every image: φ [..., P], images [B, 64] -> [..., B, K]."""
+    weights, bias = _split_encoder(phi)
+    return images.to(phi) @ weights + bias.unsqueeze(-2)
+
+
+def log_joint(z: Tensor, images: Tensor, decoder: dict[str, Tensor]) -> Tensor:
+    """f_x(z) = log p(x | z) + log p(z) for z [..., B, K] (binary or relaxed in [0, 1]), images [B, 64] -> [..., B].
+
+    Written with logsigmoid rather than Bernoulli.log_prob, which rejects the relaxed values Gumbel-softmax feeds it;
+    both are linear in z, so a relaxed z gives the usual relaxed objective."""
+    logits = z @ decoder["weight"].to(z) + decoder["bias"].to(z)
+    x = images.to(z)
+    likelihood = (x * logits - softplus(logits)).sum(dim=-1)
+    prior = decoder["prior"].to(z)
+    return likelihood + (z * logsigmoid(prior) + (1 - z) * logsigmoid(-prior)).sum(dim=-1)
+
+
+def exact_expected_cost(logits: Tensor, images: Tensor, decoder: dict[str, Tensor]) -> Tensor:
+    """E_q[f_x(z)] per image by enumerating all 2^K configurations: logits [B, K] -> [B]."""
+    z = all_configurations(logits.dtype)  # [C, K]
+    log_q = z @ logsigmoid(logits).T + (1 - z) @ logsigmoid(-logits).T  # [C, B]
+    # f_x(z) is linear in x given z, so one [B, 64] × [64, C] product scores every image under every z.
+    decoded = z @ decoder["weight"].to(z) + decoder["bias"].to(z)  # [C, 64]
+    prior = decoder["prior"].to(z)
+    log_prior = z @ logsigmoid(prior) + (1 - z) @ logsigmoid(-prior)  # [C]
+    costs = images.to(z) @ decoded.T - softplus(decoded).sum(dim=-1) + log_prior  # [B, C]
+    return (log_q.T.exp() * costs).sum(dim=-1)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    return Independent(Bernoulli(logits=logits), 1).entropy()
+
+
+def _initial_parameters() -> dict[str, Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    pixel_mean = data().mean(dim=0).clamp(0.01, 0.99)
+    return {
+        "encoder": INITIAL_SCALE * torch.randn(PIXELS * LATENTS + LATENTS, generator=generator, dtype=torch.float64),
+        "weight": INITIAL_SCALE * torch.randn(LATENTS, PIXELS, generator=generator, dtype=torch.float64),
+        "bias": torch.logit(pixel_mean),  # the decoder starts at the pixel means, as usual
+        "prior": torch.zeros(LATENTS, dtype=torch.float64),
+    }
+
+
+def _elbo(state: dict[str, Tensor], images: Tensor) -> Tensor:
+    logits = encoder_logits(state["encoder"], images)
+    return (exact_expected_cost(logits, images, state) + entropy(logits)).mean()
+
+
+@functools.lru_cache(maxsize=1)
+def trajectory() -> list[dict[str, Tensor]]:
+    """Every parameter after 0, 1, …, TRAIN_STEPS Adam steps on the exact ELBO of seeded random minibatches."""
+    state = {k: v.clone().requires_grad_(True) for k, v in _initial_parameters().items()}
+    optimiser = torch.optim.Adam(list(state.values()), lr=LEARNING_RATE)
+    images = data()
+    batches = torch.Generator().manual_seed(1)
+    history = [{k: v.detach().clone() for k, v in state.items()}]
+    for _ in range(TRAIN_STEPS):
+        batch = images[torch.randint(len(images), (TRAINING_BATCH,), generator=batches)]
+        optimiser.zero_grad()
+        (-_elbo(state, batch)).backward()
+        optimiser.step()
+        history.append({k: v.detach().clone() for k, v in state.items()})
+    return history
+
+
+def parameters(step: int) -> Tensor:
+    return trajectory()[step]["encoder"]
+
+
+def _decoder(step: int) -> dict[str, Tensor]:
+    return {k: v for k, v in trajectory()[step].items() if k != "encoder"}
+
+
+@functools.lru_cache(maxsize=None)
+def exact_gradient(step: int) -> tuple[Tensor, Tensor]:
+    """(exact ∇_φ of the evaluation batch's mean ELBO by enumeration, its float64 rounding bound)."""
+    phi = parameters(step).clone().requires_grad_(True)
+    images = evaluation_batch()
+    logits = encoder_logits(phi, images)
+    (grad,) = torch.autograd.grad((exact_expected_cost(logits, images, _decoder(step)) + entropy(logits)).mean(), phi)
+    return grad, 1e-12 * (1 + grad.abs())
+
+
+RARE_EVENT_COUNT = 5.0
+
+
+def unresolved_by_sampling(step: int, draws: int) -> Tensor:
+    """Per encoder parameter, the part of the exact gradient that ``draws`` samples per image cannot resolve.
+
+    A trained encoder saturates latents (σ(η) within 1e-6 of 0 or 1 at step 300). The gradient through such
+    an (image, latent) pair rides on its minority outcome, which a cell of N·M draws per image expects to see
+    fewer than ``RARE_EVENT_COUNT`` times: the sample mean then misses that contribution with a tiny sample
+    variance, and a z-test calls an unbiased estimator biased (score function at step 300, N = 2: z = 845 on one
+    weight). This returns the magnitude of those pairs' exact contributions, Σ_b x_bp |∂E_q[f_b]/∂η_bk| / B
+    over the rare pairs, which the bias test adds to its uncertainty."""
+    images = evaluation_batch()
+    logits = encoder_logits(parameters(step), images).requires_grad_(True)
+    (per_pair,) = torch.autograd.grad(exact_expected_cost(logits, images, _decoder(step)).sum(), logits)  # [B, K]
+    q = torch.sigmoid(logits.detach())
+    rare = draws * torch.minimum(q, 1 - q) < RARE_EVENT_COUNT
+    blind = per_pair.abs() * rare / images.shape[0]
+    return torch.cat([(images.T @ blind).flatten(), blind.sum(dim=0)])
+
+
+def objective(step: int) -> float:
+    images = evaluation_batch()
+    logits = encoder_logits(parameters(step), images)
+    return float((exact_expected_cost(logits, images, _decoder(step)) + entropy(logits)).mean())
+
+
+def entropy_gradient(phi: Tensor) -> Tensor:
+    point = phi.detach().to(torch.float64).requires_grad_(True)
+    (grad,) = torch.autograd.grad(entropy(encoder_logits(point, evaluation_batch())).mean(), point)
+    return grad
+
+
+@functools.lru_cache(maxsize=None)
+def problem(step: int):
+    """The latent distribution (θ = encoder logits [..., B, K]) and the cost f_x(z) with the decoder at ``step``."""
+    decoder = _decoder(step)
+    images = evaluation_batch()
+    return surrogate_problem(
+        "discrete_vae",
+        f"z ~ Bernoulli(σ(xW + b))^{LATENTS}, f = log p(x | z) + log p(z), decoder at step {step}",
+        "encoder",
+        lambda logits: Independent(Bernoulli(logits=logits), 1),
+        lambda z, theta: log_joint(z, images, decoder),
+        cost_is_differentiable=True,
+        params={"step": float(step)},
+    )
+
+
+_RELAX_CONTROLS: dict[tuple, discrete.RelaxControl] = {}
+
+
+def _relax_control(step: int, train_steps: int, dtype: torch.dtype, device: torch.device) -> discrete.RelaxControl:
+    """RELAX's c_φ for this checkpoint: trained once (minimising the encoder-logit gradient's second moment
+    over every image of the batch) and cached, so a cell's timing excludes training."""
+    key = (step, train_steps, dtype, str(device))
+    if key not in _RELAX_CONTROLS:
+        logits = encoder_logits(parameters(step).to(dtype=dtype, device=device), evaluation_batch().to(device))
+
+        def make_thetas() -> Tensor:
+            return logits.expand(RELAX_REPLICATES, *logits.shape).clone().requires_grad_(True)
+
+        _RELAX_CONTROLS[key] = discrete.fit_relax_control(
+            problem(step), make_thetas, LATENTS, train_steps, f"discrete_vae|{step}|{train_steps}|{dtype}", dtype, device
+        )
+    return _RELAX_CONTROLS[key]
+
+
+def relax(problem_, theta: Tensor, n_samples: int, *, train_steps: float) -> Tensor:
+    """RELAX with the control variate trained at the problem's checkpoint (its ``step`` parameter)."""
+    if train_steps < 0 or int(train_steps) != train_steps:
+        raise ValueError(f"train_steps must be an integer >= 0, got {train_steps:g}")
+    control = _relax_control(int(problem_.params["step"]), int(train_steps), theta.dtype, theta.device)
+    return discrete._control_variate_surrogate(problem_, theta, n_samples, control)
+
+
+ESTIMATORS = {
+    "score_function": WorkloadEstimator(score_function, cost_evaluations=1, unbiased=True),
+    "score_function_loo": WorkloadEstimator(score_function_loo, cost_evaluations=1, unbiased=True, min_samples=2),
+    "arm": WorkloadEstimator(discrete.arm, cost_evaluations=2, unbiased=True),
+    "disarm": WorkloadEstimator(discrete.disarm, cost_evaluations=2, unbiased=True),
+    "rebar": WorkloadEstimator(discrete.rebar, cost_evaluations=3, unbiased=True),
+    "relax": WorkloadEstimator(relax, cost_evaluations=3, unbiased=True),
+    "gumbel_softmax": WorkloadEstimator(discrete.gumbel_softmax, cost_evaluations=1, unbiased=False),
+    "straight_through": WorkloadEstimator(discrete.straight_through, cost_evaluations=1, unbiased=False),
+}
+
+DISCRETE_VAE = Workload(
+    name="discrete_vae",
+    summary=f"VAE with {LATENTS} Bernoulli latents on binarised 8×8 digits (1797 images), linear encoder and "
+    "decoder; ELBO gradient w.r.t. the encoder's 520 parameters on a 100-image batch",
+    wrt="encoder",
+    ground_truth=f"exact: E_q[f] summed over all {2**LATENTS} latent configurations per image and differentiated by "
+    "autograd in float64 (error: float64 rounding)",
+    train_steps=TRAIN_STEPS,
+    checkpoints=CHECKPOINTS,
+    parameter_count=PIXELS * LATENTS + LATENTS,
+    estimators=ESTIMATORS,
+    problem=problem,
+    to_theta=lambda phi: encoder_logits(phi, evaluation_batch()),
+    parameters=parameters,
+    exact_gradient=exact_gradient,
+    objective=objective,
+    exact_term_gradient=entropy_gradient,
+    unresolved_by_sampling=unresolved_by_sampling,
+    surrogate_scale=1.0 / len(range(0, 1797, EVALUATION_STRIDE)),  # the batch's mean ELBO
+    # ~12 float32 values per pixel per image per sample (decoder logits, softplus, gradients; ×3 for REBAR).
+    bytes_per_sample=12 * PIXELS * 100 * 4 * 3,
+)
