@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import socket
 import time
@@ -96,7 +97,9 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
     problem = cell.build_problem()
     estimator = get_estimator(cell.estimator)
     row["cost_evals_per_sample"] = estimator.cost_evaluations(problem)
-    row["true_grad"] = problem.gradient(cell.theta)
+    row["true_grad_se"] = 0.0
+    if problem.gradient is not None:
+        row["true_grad"] = problem.gradient(cell.theta)
     row["expected_unbiased"] = estimator.unbiased_for(problem)
     options = dict(cell.estimator_params)
     reason = compose(cell.variance_reduction, estimator, problem, cell.n_samples)
@@ -110,6 +113,10 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
                         variance_reduction=cell.variance_reduction)  # fmt: skip
 
     seed = row["seed"]
+    if problem.gradient is None:
+        row["true_grad"], row["true_grad_se"], reference = reference_gradient(problem, cell.theta)
+        row["note"] = (f"no exact gradient: true_grad is a {REFERENCE_SAMPLES}-sample {reference} reference "
+                       f"(± {row['true_grad_se']:.3g})")  # fmt: skip
     if cell.replicates is None:
         torch.manual_seed(seed ^ 0x5EED)  # the pilot uses its own stream, so M does not select the data
         replicates = choose_replicates(draw(PILOT_REPLICATES).double().cpu().numpy(), cell.n_samples)
@@ -132,7 +139,7 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
         return row
     if finite.size < estimates.size:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
-    summary = summarize(finite, row["true_grad"], eps=torch.finfo(DTYPES[cell.dtype]).eps)
+    summary = summarize(finite, row["true_grad"], eps=torch.finfo(DTYPES[cell.dtype]).eps, true_grad_se=row["true_grad_se"])
     row.update(
         status="ok",
         grad_mean=summary.mean,
@@ -151,7 +158,6 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
         n_params=1,
         grad_var_max=summary.var,
         grad_norm_var=float(np.var(np.abs(finite), ddof=1)),
-        true_grad_se=0.0,
         objective=_objective(problem, cell.theta),
     )
     if timed:
@@ -173,11 +179,33 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
     return row
 
 
+REFERENCE_SAMPLES = 1 << 22
+
+
+_REFERENCES: dict[tuple[str, float], tuple[float, float, str]] = {}
+
+
+def reference_gradient(problem, theta: float) -> tuple[float, float, str]:
+    """(mean, standard error, estimator) of a reference estimate for a problem without an exact gradient:
+    REFERENCE_SAMPLES single-sample pathwise estimates in float64 where pathwise applies, else score-function
+    ones. Seeded from (problem, θ) alone on a forked stream: every cell at that θ compares with the same
+    reference, computed once per process, and the cell's own estimates stay independent of it."""
+    key = (problem.label, float(theta))
+    if key not in _REFERENCES:
+        for name in ("pathwise", "score_function"):
+            estimator = get_estimator(name)
+            if estimator.skip_reason(problem, 1) is None:
+                break
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big") >> 1)
+            values = estimate(estimator, problem, theta, 1, REFERENCE_SAMPLES, dtype=torch.float64).numpy()
+        _REFERENCES[key] = (float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size)), name)
+    return _REFERENCES[key]
+
+
 def _objective(problem, theta: float) -> float | None:
-    try:
-        return float(problem.objective(theta))
-    except Exception:  # a user's problem may not know L(θ); the column is then empty
-        return None
+    # A user's problem may not know L(θ); the column is then empty.
+    return None if problem.objective is None else float(problem.objective(theta))
 
 
 def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:

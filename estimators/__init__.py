@@ -5,7 +5,7 @@ No I/O, no sweeps, no timing: those live in ``bench``.
 
 from .gradient_estimators import ESTIMATORS, Estimator, EstimatorError, describe, estimate, get_estimator
 from .peers import PEER_ESTIMATORS, PEER_STATUS
-from .problems import PROBLEM_FAMILIES, Problem, ProblemError, ProblemFamily, make_problem
+from .problems import PROBLEM_FAMILIES, Problem, ProblemError, ProblemFamily, custom_problem, make_problem
 from .variance_reduction import (
     VARIANCE_REDUCTIONS,
     VarianceReduction,
@@ -29,6 +29,7 @@ __all__ = [
     "VARIANCE_REDUCTIONS",
     "VarianceReduction",
     "VarianceReductionError",
+    "custom_problem",
     "describe",
     "estimate",
     "get_estimator",

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
-from torch.distributions import Chi2, Distribution, Independent, Normal, Uniform, Weibull
+from torch.distributions import Bernoulli, Chi2, Distribution, Independent, Normal, Uniform, Weibull
 
 from .problems import Problem, resolve_parameters
 
@@ -50,6 +50,15 @@ def score_surrogate(dist: Distribution, x: Tensor) -> Tensor:
     sample-sized factors times [M]-sized functions of μ(θ), σ(θ). Same gradient; autograd then differentiates
     those small tensors instead of every step of log_prob over all N·M samples (the score function's share of
     the RNG floor went from 0.24-0.35 to 0.41-0.51 on 2 CPU cores)."""
+    bernoulli = _bernoulli_logits(dist)
+    if bernoulli is not None:
+        # ∂log p(b)/∂η = b − σ(η), written b σ(−η) − (1 − b) σ(η): in float32 b − σ(η) is exactly 0 once σ(η)
+        # rounds to 1 (|η| > 17), which dropped f·e^(−|η|) from every sample of a saturated latent and biased
+        # REINFORCE on the trained discrete VAE (z = −6.3). Same gradient, without the cancellation.
+        eta = bernoulli.detach()
+        factor = x * torch.sigmoid(-eta) - (1 - x) * torch.sigmoid(eta)
+        score = factor * bernoulli
+        return score.sum(dim=-1) if isinstance(dist, Independent) else score
     gaussian = diagonal_gaussian(dist)
     if gaussian is None:
         return dist.log_prob(x)
@@ -64,6 +73,15 @@ def score_surrogate(dist: Distribution, x: Tensor) -> Tensor:
     if score.dim() == 0:  # θ moves neither parameter
         score = x.new_zeros(x.shape)
     return score.sum(dim=-1) if isinstance(dist, Independent) else score
+
+
+def _bernoulli_logits(dist: Distribution) -> Tensor | None:
+    """The logits of a Bernoulli or of independent Bernoullis Independent(Bernoulli, 1); None otherwise."""
+    if isinstance(dist, Bernoulli):
+        return dist.logits
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Bernoulli) and dist.reinterpreted_batch_ndims == 1:
+        return dist.base_dist.logits
+    return None
 
 
 def score_function(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:

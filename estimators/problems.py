@@ -11,7 +11,11 @@ quadrature and a finite difference of L.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -36,8 +40,9 @@ class Problem:
     distribution: Callable[[Tensor], Distribution]
     # (x, θ) -> f_θ(x); x has the sample dimensions in front of θ's shape and broadcasts against θ.
     cost: Callable[[Tensor, Tensor], Tensor]
-    objective: Callable[[float], float]
-    gradient: Callable[[float], float]
+    # L(θ) and dL/dθ in closed form; None for a user's problem without them (a reference estimate stands in).
+    objective: Callable[[float], float] | None
+    gradient: Callable[[float], float] | None
     gradient_formula: str
     distribution_depends_on_theta: bool
     cost_depends_on_theta: bool
@@ -321,7 +326,11 @@ def resolve_parameters(
 
 
 def make_problem(name: str, wrt: str | None = None, params: Mapping[str, float] | None = None) -> Problem:
-    """Build the problem ``name`` w.r.t. ``wrt`` (default: the family's first) with ``params`` over defaults."""
+    """Build the problem ``name`` w.r.t. ``wrt`` (default: the family's first) with ``params`` over defaults.
+
+    A name ``module:attribute`` loads a user's own ``Problem`` (see ``custom_problem``) from an importable module."""
+    if ":" in name:
+        return _user_problem(name, wrt, params)
     family = PROBLEM_FAMILIES.get(name)
     if family is None:
         raise ProblemError(f"unknown problem {name!r}; allowed: {', '.join(PROBLEM_FAMILIES)}")
@@ -343,3 +352,80 @@ def make_problem(name: str, wrt: str | None = None, params: Mapping[str, float] 
 from .discrete_problems import DISCRETE_FAMILIES  # noqa: E402
 
 PROBLEM_FAMILIES.update(DISCRETE_FAMILIES)
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The user's own problem: `varbench run --problem my_module:my_problem`.
+
+
+def _depends_on_theta(tensor: Tensor) -> bool:
+    return bool(tensor.requires_grad)
+
+
+def custom_problem(
+    name: str,
+    distribution: Callable[[Tensor], Distribution],
+    cost: Callable[[Tensor, Tensor], Tensor],
+    *,
+    gradient: Callable[[float], float] | None = None,
+    objective: Callable[[float], float] | None = None,
+    wrt: str = "theta",
+    theta_range: tuple[float, float] = (-math.inf, math.inf),
+    cost_is_differentiable: bool = True,
+    summary: str = "",
+) -> Problem:
+    """A ``Problem`` from the three things a user knows: ``distribution(θ)`` (a torch.distributions object whose
+    batch shape is θ's), ``cost(x, θ)`` (x has the sample dimensions in front of θ's shape) and, optionally, the
+    exact ``gradient(θ)`` (and ``objective(θ)``) as functions of a float. Whether p and f depend on θ is found
+    by autograd at a valid θ. Without an exact gradient, each cell's ``true_grad`` is a reference estimate of
+    ``REFERENCE_SAMPLES`` samples, with its standard error in ``true_grad_se`` (see bench/measure.py)."""
+    if not name or not isinstance(name, str):
+        raise ProblemError(f"a problem needs a name, got {name!r}")
+    probe = Problem(name=name, wrt=wrt, params={}, summary=summary, distribution=distribution, cost=cost,
+                    objective=objective, gradient=gradient, gradient_formula="", distribution_depends_on_theta=True,
+                    cost_depends_on_theta=True, cost_is_differentiable=cost_is_differentiable, theta_range=theta_range)  # fmt: skip
+    theta = torch.full((1,), probe.valid_theta(), requires_grad=True)
+    try:
+        dist = distribution(theta)
+        x = dist.sample((2,))
+        p_moves = _depends_on_theta(dist.log_prob(x))
+        f_moves = _depends_on_theta(cost(x, theta))
+    except Exception as error:
+        raise ProblemError(f"problem {name}: distribution(θ) and cost(x, θ) must run on a θ of shape [1] "
+                           f"({type(error).__name__}: {error})") from None  # fmt: skip
+    formula = "no closed form given: true_grad is a reference estimate (± true_grad_se)" if gradient is None else (
+        "exact gradient supplied by the user")  # fmt: skip
+    return dataclasses.replace(
+        probe,
+        summary=summary or f"user problem {name}",
+        gradient_formula=formula,
+        distribution_depends_on_theta=p_moves,
+        cost_depends_on_theta=f_moves,
+    )
+
+
+def _user_problem(spec: str, wrt: str | None, params: Mapping[str, float] | None) -> Problem:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ProblemError(f"--problem {spec!r}: a user problem is written module:attribute, e.g. my_module:my_problem")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `varbench run` from the folder holding my_module.py finds it
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise ProblemError(f"--problem {spec}: cannot import module {module_name!r} ({type(error).__name__}: {error})") from None
+    problem = getattr(module, attribute, None)
+    if callable(problem) and not isinstance(problem, Problem):
+        problem = problem()
+    if not isinstance(problem, Problem):
+        raise ProblemError(
+            f"--problem {spec}: {module_name}.{attribute} must be a Problem (build it with estimators.custom_problem), "
+            f"got {type(problem).__name__}"
+        )
+    if params:
+        raise ProblemError(f"--problem {spec}: a user problem takes no --set parameters, got {', '.join(sorted(params))}")
+    if wrt not in (None, problem.wrt):
+        raise ProblemError(f"--problem {spec}: the problem is differentiated w.r.t. {problem.wrt}, got --wrt {wrt}")
+    # Cells are rebuilt from their problem name, so the spec (which imports it) is the name.
+    return dataclasses.replace(problem, name=spec)

@@ -62,7 +62,8 @@ def estimate_workload(
         size = min(per_call, n_replicates - start)
         replicated = phi.expand(size, -1).clone().requires_grad_(True)
         surrogate = spec.surrogate(workload.problem(step), workload.to_theta(replicated), n_samples, **resolved)
-        (grad,) = torch.autograd.grad(surrogate.sum(), replicated)
+        # No path from φ to the surrogate (naive autograd through .sample()): autograd's gradient is 0.
+        grad = torch.autograd.grad(surrogate.sum(), replicated)[0] if surrogate.requires_grad else torch.zeros_like(replicated)
         pieces.append(grad.detach() * (workload.surrogate_scale / n_samples) + exact)
     return torch.cat(pieces)
 
