@@ -120,10 +120,11 @@ class DaskExecutor:
             if self.scheduler is None:
                 gpu = {GPU_RESOURCE: 1} if torch.cuda.is_available() else None
                 # Processes, one thread each: cells run in parallel without sharing an interpreter or torch's
-                # thread pool. Loopback only; no dashboard (a fixed port would clash between runs).
+                # thread pool. Loopback only; the HTTP server Dask always starts takes a free port (":0"), so concurrent
+                # runs do not clash over 8787.
                 self.cluster = distributed.LocalCluster(
                     n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, resources=gpu,
+                    dashboard_address=":0", resources=gpu,
                 )  # fmt: skip
                 self.client = distributed.Client(self.cluster)
             else:
