@@ -130,9 +130,10 @@ class DaskExecutor:
             else:
                 self.client = distributed.Client(self.scheduler, timeout=CONNECT_TIMEOUT_S)
                 self.client.wait_for_workers(1, timeout=FIRST_WORKER_TIMEOUT_S)
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, ValueError) as error:  # unreachable, no worker came, malformed address
             self.__exit__(None, None, None)
-            where = f"Dask scheduler {self.scheduler}" if self.scheduler else "the embedded Dask cluster"
+            where = (f"Dask scheduler {self.scheduler} (an address like tcp://host:8786)" if self.scheduler
+                     else "the embedded Dask cluster")  # fmt: skip
             raise ExecutorError(f"cannot use {where}: {type(error).__name__}: {error}".replace("\n", " ")) from None
         return self
 
