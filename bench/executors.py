@@ -111,7 +111,9 @@ class DaskExecutor:
         try:
             import distributed  # noqa: PLC0415 - optional dependency
         except ImportError:
-            raise ExecutorError(f"--executor dask needs dask.distributed, which is not installed: {INSTALL_HINT}") from None
+            raise ExecutorError(
+                f"--executor dask needs dask.distributed, which is not installed: {INSTALL_HINT}"
+            ) from None
         # Dask logs every worker start, stop and rescheduled task at INFO; the progress bar and the table say
         # what matters, and warnings (a lost worker) still show.
         for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
@@ -120,8 +122,8 @@ class DaskExecutor:
             if self.scheduler is None:
                 gpu = {GPU_RESOURCE: 1} if torch.cuda.is_available() else None
                 # Processes, one thread each: cells run in parallel without sharing an interpreter or torch's
-                # thread pool. Loopback only; the HTTP server Dask always starts takes a free port (":0"), so concurrent
-                # runs do not clash over 8787.
+                # thread pool. Loopback only; the HTTP server Dask always starts takes a free port (":0"), so
+                # concurrent runs do not clash over 8787.
                 self.cluster = distributed.LocalCluster(
                     n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                     dashboard_address=":0", resources=gpu,
@@ -145,14 +147,12 @@ class DaskExecutor:
             self.cluster.close()
             self.cluster = None
 
-    def _worker_resources(self) -> list[dict]:
-        workers = self.client.run_on_scheduler(
+    def has_gpu_worker(self) -> bool:
+        """Whether a worker connected now declares the GPU resource (asked of the scheduler, which knows all)."""
+        resources = self.client.run_on_scheduler(
             lambda dask_scheduler: [dict(ws.resources) for ws in dask_scheduler.workers.values()]
         )
-        return workers
-
-    def has_gpu_worker(self) -> bool:
-        return any(resources.get(GPU_RESOURCE, 0) >= 1 for resources in self._worker_resources())
+        return any(worker.get(GPU_RESOURCE, 0) >= 1 for worker in resources)
 
     def devices(self) -> list[str]:
         """What ``--device auto`` means on this cluster: cpu, and cuda when a worker declares a GPU."""
