@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -65,6 +66,11 @@ def skipped_row(cell: Cell, base_seed: int, reason: str) -> dict:
     row = measure.base_row(cell, base_seed, measure.utc_now())
     row.update(status="skipped", note=reason)
     return row
+
+
+def task_key(cell: Cell) -> str:
+    """A fresh Dask key naming the cell: ``varbench-<cell_id>-<random>``."""
+    return f"varbench-{cell.cell_id}-{uuid.uuid4().hex[:12]}"
 
 
 def needs_gpu(cell: Cell) -> bool:
@@ -170,10 +176,11 @@ class DaskExecutor:
             if needs_gpu(cell) and not gpu_available:
                 yield cell, skipped_row(cell, base_seed, NO_GPU_WORKER)
                 continue
-            # pure=False: a re-run must measure again, never reuse a result the cluster still holds.
-            # A cell whose worker dies is rescheduled by the scheduler (up to its allowed-failures) before the
-            # future errs with KilledWorker; exceptions inside the cell are already rows (measure_row).
-            future = self.client.submit(measure_row_on_worker, cell, base_seed, timed, pure=False,
+            # A key of its own per submission: a re-run must measure again, never reuse a result the cluster
+            # still holds, and the dashboard and task stream name the cell. A cell whose worker dies is
+            # rescheduled by the scheduler (up to its allowed-failures) before the future errs with
+            # KilledWorker; exceptions inside the cell are already rows (measure_row).
+            future = self.client.submit(measure_row_on_worker, cell, base_seed, timed, key=task_key(cell),
                                         resources={GPU_RESOURCE: 1} if needs_gpu(cell) else None)  # fmt: skip
             futures[future] = cell
         try:

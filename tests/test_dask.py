@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 distributed = pytest.importorskip("distributed")
 
@@ -136,6 +139,39 @@ def test_a_cell_whose_worker_dies_for_good_is_an_error_row_and_is_retried_by_a_r
     assert rerun.measured == len(errors) and rerun.errors == 0
     latest = load_table(tmp_path / "table.csv").drop_duplicates("cell_id", keep="last")
     assert len(latest) == len(cell_ids) and (latest["status"] == "ok").all()
+
+
+def test_cuda_cells_go_only_to_the_worker_declaring_a_gpu(cluster, client, tmp_path):
+    # The README's worker command for a GPU host, joining the two plain workers. Routing is what is tested:
+    # without a GPU here the cuda cells fail on that worker (an error row), with one they are measured.
+    command = [str(Path(sys.executable).with_name("dask")), "worker", cluster.scheduler_address, "--nworkers", "1",
+               "--nthreads", "1", "--resources", "GPU=1", "--host", "127.0.0.1", "--dashboard-address", ":0"]  # fmt: skip
+    gpu_host = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client.wait_for_workers(3, timeout=60)
+        gpu_workers = {ws.address for ws in cluster.scheduler.workers.values() if ws.resources.get("GPU")}
+        assert len(gpu_workers) == 1
+        sweep = Sweep("seed_dependent", thetas=(1.0, 3.0), estimators=("pathwise", "score_function"),
+                      n_samples=(10,), replicates=100, devices=("cpu", "cuda"))  # fmt: skip
+        cells = sweep.cells(available_devices=["cpu", "cuda"])
+        with distributed.get_task_stream(client=client) as stream:
+            with executors.DaskExecutor(scheduler=cluster.scheduler_address) as executor:
+                assert executor.devices() == ["cpu", "cuda"]
+                outcome = run_cells(cells, tmp_path, 0, progress=False, executor=executor, timed=False)
+    finally:
+        gpu_host.terminate()
+        gpu_host.wait(timeout=60)
+    ran_on = {record["key"].split("-")[1]: record["worker"] for record in stream.data}
+    cuda_cells = {cell.cell_id for cell in cells if cell.device == "cuda"}
+    assert len(cuda_cells) == 4 and {ran_on[cell_id] for cell_id in cuda_cells} == gpu_workers
+    table = load_table(outcome.table)
+    assert table["cell_id"].is_unique and len(table) == len(cells)
+    cuda_rows = table[table["device"] == "cuda"]
+    if torch.cuda.is_available():
+        assert (cuda_rows["status"] == "ok").all()
+    else:  # measured where torch has no CUDA: recorded as failed, with torch's reason
+        assert (cuda_rows["status"] == "error").all() and (cuda_rows["note"] != "").all()
+    assert (table[table["device"] == "cpu"]["status"] == "ok").all()
 
 
 def test_cli_runs_on_an_embedded_cluster_and_a_local_rerun_resumes_it(tmp_path, capsys):
