@@ -78,9 +78,11 @@ def cpu_name() -> str:
 
 def device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
-        if not torch.cuda.is_available():
-            # A cuda cell recorded as skipped or failed by a client without a GPU (the Dask executor): it ran
-            # on no device, so there is no name to give.
+        index = torch.device(device).index
+        if not torch.cuda.is_available() or (index is not None and index >= torch.cuda.device_count()):
+            # A cuda cell recorded as skipped or failed where that device does not exist (a Dask client or
+            # worker without it): it ran on no device, so there is no name to give, and the row must still be
+            # written.
             return ""
         return torch.cuda.get_device_name(torch.device(device))
     return cpu_name()
