@@ -21,11 +21,13 @@ from estimators.workloads import WORKLOADS
 
 from . import environment
 from .environment import DeviceError
+from .executors import EXECUTORS, ExecutorError, open_executor
 from .grid import CORE_ESTIMATORS, DTYPES, PRESETS, GridError, Sweep, expand, preset
 from .regression import BaselineError
 from .table import TableError
 
-USER_ERRORS = (ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError)
+USER_ERRORS = (ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError,
+               ExecutorError)
 
 
 class UsageError(ValueError):
@@ -110,6 +112,16 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
     ]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:  # argparse prefixes "argument --workers: "
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _replicates(text: str) -> int | None:
     if text == "auto":
         return None
@@ -122,12 +134,18 @@ def _replicates(text: str) -> int | None:
 def _run(args: argparse.Namespace) -> int:
     from . import report, sweep  # heavy imports only when needed
 
-    cells = expand(_sweeps_from_args(args))
+    sweeps = _sweeps_from_args(args)
+    # On a cluster the workers, not this machine, have or lack a GPU: cuda is checked when the cells run.
+    executor = open_executor(args.executor, scheduler=args.scheduler, workers=args.workers)
+    cells = expand(sweeps, None if args.executor == "local" else ["cpu", "cuda"])  # every error before any start
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     try:
-        outcome = sweep.run_cells(cells, out, args.seed, progress=not args.no_progress)
+        with executor:
+            if args.executor != "local":  # --device auto: the devices the cluster's workers have
+                cells = expand(sweeps, executor.devices())
+            outcome = sweep.run_cells(cells, out, args.seed, progress=not args.no_progress, executor=executor)
     except KeyboardInterrupt:
         print(f"\nvarbench: interrupted; finished cells are saved in {out}/table.csv. "
               "Run the same command again to resume.", file=sys.stderr)  # fmt: skip
@@ -245,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=list(DTYPES), help="float32 (default) or float64; overrides a preset's dtypes")
     run.add_argument("--seed", type=int, default=0, help="base seed; each cell's seed is a hash of it and the cell")
     run.add_argument("--out", default="results/latest", help="results folder (re-running into it resumes)")
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="where cells run: local (default, in this process) or dask (a dask.distributed cluster; "
+                     "pip install -e '.[dask]')")  # fmt: skip
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="with --executor dask: an existing cluster's scheduler, e.g. tcp://host:8786")  # fmt: skip
+    run.add_argument("--workers", type=_positive_int, metavar="K",
+                     help="with --executor dask and no --scheduler: worker processes of the embedded cluster "
+                     "(default: one per CPU core)")  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="write the table only")
     run.set_defaults(handler=_run)

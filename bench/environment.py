@@ -24,15 +24,21 @@ def available_devices() -> list[str]:
     return devices
 
 
-def resolve_devices(spec: str) -> list[str]:
-    """Parse ``cpu,cuda`` / ``auto`` into validated device strings (``auto`` = every available device)."""
+def resolve_devices(spec: str, available: list[str] | None = None) -> list[str]:
+    """Parse ``cpu,cuda`` / ``auto`` into validated device strings (``auto`` = every available device).
+
+    ``available``: the devices judged available elsewhere (by a cluster's workers) instead of on this machine;
+    then ``cuda`` is accepted without a local GPU, and whether a worker has one is decided when the cell runs.
+    """
+    local = available is None
+    available = available_devices() if local else available
     names = [d.strip() for d in spec.split(",") if d.strip()]
     if not names:
         raise DeviceError("no device given; allowed: cpu, cuda, cuda:N, auto")
     resolved: list[str] = []
     for name in names:
         if name == "auto":
-            resolved.extend(available_devices())
+            resolved.extend(available)
             continue
         try:
             device = torch.device(name)
@@ -41,6 +47,9 @@ def resolve_devices(spec: str) -> list[str]:
         if device.type == "cpu":
             resolved.append("cpu")
         elif device.type == "cuda":
+            if not local:
+                resolved.append(name)
+                continue
             if not torch.cuda.is_available():
                 raise DeviceError(
                     f"device {name!r} is not available on this machine (torch {torch.__version__} sees no CUDA "
@@ -69,6 +78,12 @@ def cpu_name() -> str:
 
 def device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
+        index = torch.device(device).index
+        if not torch.cuda.is_available() or (index is not None and index >= torch.cuda.device_count()):
+            # A cuda cell recorded as skipped or failed where that device does not exist (a Dask client or
+            # worker without it): it ran on no device, so there is no name to give, and the row must still be
+            # written.
+            return ""
         return torch.cuda.get_device_name(torch.device(device))
     return cpu_name()
 

@@ -121,8 +121,11 @@ class Sweep:
             )
         return variants
 
-    def cells(self) -> list[Cell]:
-        """Validate every axis and expand the grid; raises before anything runs."""
+    def cells(self, available_devices: list[str] | None = None) -> list[Cell]:
+        """Validate every axis and expand the grid; raises before anything runs.
+
+        ``available_devices``: the devices a cluster's workers offer (see ``resolve_devices``); None = this machine.
+        """
         if self.dtype not in DTYPES:
             raise GridError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if self.replicates is not None and self.replicates < MIN_REPLICATES:
@@ -133,7 +136,7 @@ class Sweep:
         variants = self._estimator_variants()
         for scheme in self.variance_reductions:
             get_variance_reduction(scheme)
-        devices = resolve_devices(",".join(self.devices))
+        devices = resolve_devices(",".join(self.devices), available_devices)
         if self.problem in WORKLOADS:
             return self._workload_cells(variants, devices)
         keys = sorted(self.params)
@@ -169,9 +172,9 @@ class Sweep:
         ]  # fmt: skip
 
 
-def expand(sweeps: list[Sweep]) -> list[Cell]:
-    """All cells of several sweeps, duplicates removed, order kept."""
-    return list(dict.fromkeys(cell for sweep in sweeps for cell in sweep.cells()))
+def expand(sweeps: list[Sweep], available_devices: list[str] | None = None) -> list[Cell]:
+    """All cells of several sweeps, duplicates removed, order kept (``available_devices``: see ``Sweep.cells``)."""
+    return list(dict.fromkeys(cell for sweep in sweeps for cell in sweep.cells(available_devices)))
 
 
 # The estimators of the default and quick grids; the finite-difference reference runs in its own sweeps

@@ -1,5 +1,6 @@
 """Run a list of cells into a results folder: rows are appended as cells finish, finished cells are skipped
-on a re-run, and a failing cell is recorded as an error row instead of ending the sweep."""
+on a re-run, and a failing cell is recorded as an error row instead of ending the sweep. Where the cells are
+measured (this process or a Dask cluster) is the executor's business (bench/executors.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import measure
+from .executors import DaskExecutor, LocalExecutor
 from .grid import Cell
 from .table import TABLE_NAME, append_row, check_header, drop_partial_last_line, load_table
 
@@ -42,8 +43,14 @@ def _cell_key(cell: Cell, base_seed: int) -> tuple:
     return (cell.cell_id, base_seed, cell.replicates)
 
 
-def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: bool = True) -> SweepOutcome:
-    """Measure every cell not already in ``out_dir/table.csv``, appending one row per finished cell."""
+def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: bool = True,
+              executor: LocalExecutor | DaskExecutor | None = None, timed: bool = True) -> SweepOutcome:  # fmt: skip
+    """Measure every cell not already in ``out_dir/table.csv``, appending one row per finished cell.
+
+    ``executor``: where cells run (default: in this process; see bench/executors.py). Wherever they run, rows
+    come back here and are appended by this process alone, in the order they finish. ``timed=False`` leaves
+    the timing columns empty (tests that only need the statistics).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / TABLE_NAME
     done = finished_runs(table)
@@ -51,15 +58,19 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
     errors = 0
     # In a log (CI, make bench > file) redraw rarely instead of hundreds of times.
     interval = 0.1 if sys.stderr.isatty() else 15.0
-    bar = tqdm(todo, desc="varbench", unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               mininterval=interval)  # fmt: skip
-    for cell in bar:
+    bar = tqdm(total=len(todo), desc="varbench", unit="cell", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=interval)  # fmt: skip
+
+    def show(cell: Cell) -> None:
         bar.set_postfix_str(f"{cell.problem} {cell.method} N={cell.n_samples}", refresh=False)
-        try:
-            row = measure.measure_cell(cell, base_seed)
-        except Exception as error:  # one bad cell must not cost the others; it is recorded and retried later
-            errors += 1
-            row = measure.base_row(cell, base_seed, measure.utc_now())
-            row.update(status="error", note=f"{type(error).__name__}: {error}".replace("\n", " "))
-        append_row(table, row)
+
+    written: set[Cell] = set()
+    with bar:
+        for cell, row in (executor or LocalExecutor()).rows(todo, base_seed, timed=timed, show=show):
+            if cell in written:  # an executor bug must not become a duplicate row
+                raise RuntimeError(f"executor returned cell {cell.cell_id} ({cell.method}) twice")
+            written.add(cell)
+            errors += row["status"] == "error"
+            append_row(table, row)
+            bar.update(1)
     return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors)

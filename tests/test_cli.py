@@ -211,6 +211,15 @@ BAD_INPUT = [
      "no estimator in this sweep has parameter temperature"),
     (["--problem", "seed_dependent", "--estimator-param", "temperature"], "--estimator-param takes NAME=VALUE"),
     (["--preset", "quick", "--variance-reduction", "none"], "drop --variance-reduction"),
+    (["--problem", "seed_dependent", "--executor", "spark"], "invalid choice: 'spark'"),
+    (["--problem", "seed_dependent", "--scheduler", "tcp://host:8786"], "--scheduler is for --executor dask"),
+    (["--problem", "seed_dependent", "--workers", "2"], "--workers is for --executor dask"),
+    (["--problem", "seed_dependent", "--executor", "dask", "--workers", "0"], "--workers: must be an integer >= 1, got '0'"),
+    (["--problem", "seed_dependent", "--executor", "dask", "--workers", "two"], "got 'two'"),
+    (["--problem", "seed_dependent", "--executor", "dask", "--workers", "2", "--scheduler", "tcp://host:8786"],
+     "with --scheduler the cluster's own workers run the cells: drop one of them"),
+    # Grid errors come before a cluster is started.
+    (["--problem", "seed_dependent", "--executor", "dask", "--n", "0"], "must be an integer >= 1, got 0"),
 ]
 
 
@@ -230,6 +239,22 @@ def test_cuda_without_a_gpu_is_refused_with_the_alternatives(tmp_path, capsys):
     code, _, err = run_cli(["run", "--problem", "seed_dependent", "--device", "cuda", "--out", str(tmp_path)], capsys)
     assert code == 2 and "not available on this machine" in err and "available: cpu" in err
     assert not (tmp_path / "table.csv").exists()
+
+
+def test_the_dask_executor_without_dask_installed_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
+    code, _, err = run_cli(["run", "--problem", "seed_dependent", "--executor", "dask", "--no-progress",
+                            "--out", str(tmp_path)], capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--executor dask needs dask.distributed, which is not installed: pip install -e '.[dask]'" in err
+    assert not (tmp_path / "table.csv").exists()
+
+
+def test_core_modules_import_without_dask():
+    code = ("import sys; sys.modules['distributed'] = sys.modules['dask'] = None; "
+            "import bench.cli, bench.sweep, bench.executors, bench.regression; print('ok')")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 @pytest.mark.parametrize(
