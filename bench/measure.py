@@ -18,7 +18,7 @@ from estimators.workloads import WORKLOADS, estimate_workload
 
 from . import environment
 from .grid import DTYPES, Cell
-from .statistics import TARGET_VARIANCE_REL_SE, kurtosis, replicates_for_relative_se, summarize, summarize_vector
+from .statistics import TARGET_VARIANCE_REL_SE, EstimateSummary, kurtosis, replicates_for_relative_se, summarize, summarize_vector
 from .table import COLUMNS
 
 PILOT_REPLICATES = 400
@@ -86,6 +86,26 @@ def time_estimates(run, device: str) -> tuple[float, int]:
     return float(measurement.median), len(measurement.times)
 
 
+def summary_columns(summary: EstimateSummary, n_samples: int) -> dict:
+    """The table columns an EstimateSummary fills (scalar and workload rows alike), with status ok."""
+    return dict(
+        status="ok",
+        grad_mean=summary.mean,
+        bias=summary.bias,
+        bias_se=summary.bias_se,
+        bias_z=summary.bias_z,
+        bias_p_value=summary.bias_p_value,
+        biased=summary.biased,
+        grad_var=summary.var,
+        grad_var_ci_low=summary.var_ci_low,
+        grad_var_ci_high=summary.var_ci_high,
+        grad_var_rel_se=summary.var_rel_se,
+        kurtosis=summary.kurtosis,
+        per_sample_var=summary.var * n_samples,
+        mse=summary.mse,
+    )
+
+
 def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
     """Measure one cell and return its table row (status ok or skipped); raises on errors.
 
@@ -142,20 +162,7 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
     summary = summarize(finite, row["true_grad"], eps=torch.finfo(DTYPES[cell.dtype]).eps, true_grad_se=row["true_grad_se"])
     row.update(
-        status="ok",
-        grad_mean=summary.mean,
-        bias=summary.bias,
-        bias_se=summary.bias_se,
-        bias_z=summary.bias_z,
-        bias_p_value=summary.bias_p_value,
-        biased=summary.biased,
-        grad_var=summary.var,
-        grad_var_ci_low=summary.var_ci_low,
-        grad_var_ci_high=summary.var_ci_high,
-        grad_var_rel_se=summary.var_rel_se,
-        kurtosis=summary.kurtosis,
-        per_sample_var=summary.var * cell.n_samples,
-        mse=summary.mse,
+        summary_columns(summary, cell.n_samples),
         n_params=1,
         grad_var_max=summary.var,
         grad_norm_var=float(np.var(np.abs(finite), ddof=1)),
@@ -263,20 +270,7 @@ def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> 
                               unresolved=unresolved)  # fmt: skip
     summary = vector.summary
     row.update(
-        status="ok",
-        grad_mean=summary.mean,
-        bias=summary.bias,
-        bias_se=summary.bias_se,
-        bias_z=summary.bias_z,
-        bias_p_value=summary.bias_p_value,
-        biased=summary.biased,
-        grad_var=summary.var,
-        grad_var_ci_low=summary.var_ci_low,
-        grad_var_ci_high=summary.var_ci_high,
-        grad_var_rel_se=summary.var_rel_se,
-        kurtosis=summary.kurtosis,
-        per_sample_var=summary.var * cell.n_samples,
-        mse=summary.mse,
+        summary_columns(summary, cell.n_samples),
         grad_var_max=vector.var_max,
         grad_norm_var=vector.norm_var,
     )

@@ -30,7 +30,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from torch.nn.functional import softplus
 
 from .gradient_estimators import measure_valued, pathwise, score_function, score_function_loo, score_surrogate
-from .workload import Workload, WorkloadEstimator, surrogate_problem
+from .workload import Workload, WorkloadEstimator, one_thread, surrogate_problem
 
 TRAIN_STEPS = 500
 LEARNING_RATE = 0.05
@@ -120,14 +120,9 @@ def kl_gradient(phi: Tensor) -> Tensor:
 
 
 def trajectory():
-    """The training run, computed once per process with one intra-op thread: its tensors are small, and two
-    threads contending with another process made it 20× slower (3 s -> 66 s for the VAE on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """The training run, computed once per process (on one thread: see ``one_thread``)."""
+    with one_thread():
         return _trajectory()
-    finally:
-        torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=1)

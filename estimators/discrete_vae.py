@@ -28,7 +28,7 @@ from torch.nn.functional import logsigmoid, softplus
 
 from . import discrete_estimators as discrete
 from .gradient_estimators import score_function, score_function_loo
-from .workload import Workload, WorkloadEstimator, surrogate_problem
+from .workload import Workload, WorkloadEstimator, one_thread, surrogate_problem
 
 LATENTS = 8
 PIXELS = 64
@@ -116,14 +116,9 @@ def _elbo(state: dict[str, Tensor], images: Tensor) -> Tensor:
 
 
 def trajectory():
-    """The training run, computed once per process with one intra-op thread: its tensors are small, and two
-    threads contending with another process made it 20× slower (3 s -> 66 s for the VAE on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """The training run, computed once per process (on one thread: see ``one_thread``)."""
+    with one_thread():
         return _trajectory()
-    finally:
-        torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ See workloads.py for the registry and the estimation driver."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -12,6 +13,18 @@ import torch
 from torch import Tensor
 
 from .problems import Problem, ProblemError
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run a training loop on one intra-op thread, restored afterwards: its tensors are small, and two threads
+    contending with another process made it 20× slower (3 s -> 66 s for the VAE on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class WorkloadError(ProblemError):
