@@ -225,10 +225,14 @@ def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values("theta")
         err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
-        axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3,
-                         color=_colour(estimator), label=estimator)  # fmt: skip
+        # Estimators biased in theory (the relaxations) are dashed: their low variance does not buy the right gradient.
+        style = "-" if rows["expected_unbiased"].astype(bool).all() else "--"
+        label = estimator if style == "-" else f"{estimator} (biased)"
+        axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3, ls=style,
+                         color=_colour(estimator), label=label)  # fmt: skip
         timed = rows[rows["work_normalized_var"] > 0]
-        axes[1].plot(timed["theta"], timed["work_normalized_var"], marker="o", ms=4, color=_colour(estimator), label=estimator)
+        axes[1].plot(timed["theta"], timed["work_normalized_var"], marker="o", ms=4, ls=style, color=_colour(estimator),
+                     label=label)  # fmt: skip
     axes[0].set(yscale="log", xlabel="training step (checkpoint)", ylabel=f"mean per-coordinate variance (N = {n_max})")
     axes[1].set(yscale="log", xlabel="training step (checkpoint)", ylabel="variance × seconds per estimate")
     axes[0].legend(fontsize=7)

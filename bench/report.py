@@ -17,7 +17,7 @@ from estimators.discrete_estimators import exact_relaxed_mean
 from estimators.workloads import WORKLOADS
 
 from . import environment, plots
-from .workload_report import workload_biases, workload_sections
+from .workload_report import choice_lines, workload_biases, workload_sections
 from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
 from .table import TABLE_NAME, latest_rows, load_table
 
@@ -361,8 +361,11 @@ def write_report(out_dir: Path) -> Path:
     if len(ok) or len(workloads):
         warnings = _bias_warnings(ok) + workload_biases(workloads)
         lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]
-    if len(ok):
-        lines += ["## Which estimator to choose", "", "At the largest N of each problem:", ""] + _choice_rows(ok) + [""]
+    if len(ok) or len(workloads):
+        lines += ["## Which estimator to choose", ""]
+        if len(ok):
+            lines += ["At the largest N of each problem:", ""] + _choice_rows(ok) + [""]
+        lines += choice_lines(workloads) + ([""] if len(workloads) else [])
     lines += workload_sections(workloads, skipped, out_dir)
     for key, group in ok.groupby(INSTANCE, sort=False):
         problem, params_json, wrt, device, dtype = key

@@ -66,6 +66,17 @@ def _best_by_checkpoint(group: pd.DataFrame, n: int) -> str:
     return "; ".join(parts)
 
 
+def choice_lines(ok: pd.DataFrame) -> list[str]:
+    """Lines for the report's 'Which estimator to choose' section: the best per checkpoint of each workload."""
+    lines = []
+    rows_all = ok[ok["problem"].isin(WORKLOADS)]
+    for (problem, device, dtype), group in rows_all.groupby(["problem", "device", "dtype"], sort=False):
+        n_max = int(group["n_samples"].max())
+        lines.append(f"- workload `{problem}` [{device}, {dtype}], N = {n_max}: {_best_by_checkpoint(group, n_max)} "
+                     "(see Real workloads)")  # fmt: skip
+    return lines
+
+
 def workload_biases(ok: pd.DataFrame) -> list[str]:
     """Lines for the report's 'Biased estimators' section."""
     lines = []
