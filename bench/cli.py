@@ -223,8 +223,9 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  {family.name:20s} {family.summary} [wrt {'|'.join(family.wrt_choices)}; defaults: {params}]")
     print("workloads (--problem; θ = --theta is a training step; the gradient is a vector):")
     for workload in WORKLOADS.values():
-        print(f"  {workload.name:20s} {workload.summary} [checkpoints {', '.join(map(str, workload.checkpoints))} of "
-              f"{workload.train_steps} steps; estimators: {', '.join(workload.estimators)}]")
+        print(f"  {workload.name:20s} {workload.summary} [checkpoints {', '.join(map(str, workload.checkpoints))} "
+              f"(full: {', '.join(map(str, workload.full_checkpoints))}; any step up to {workload.train_steps}); "
+              f"estimators: {', '.join(workload.estimators)}]")  # fmt: skip
     print("estimators (--estimator):")
     for estimator in ESTIMATORS.values():
         params = ", ".join(f"{k}={v:g}" for k, v in estimator.parameters.items())

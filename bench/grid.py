@@ -316,11 +316,12 @@ def _dimension_sweeps(full: bool = False, **common) -> list[Sweep]:
 def _workload_sweeps(full: bool = False, **common) -> list[Sweep]:
     """Real workloads at checkpoints of their training runs, M = 200 (~2 min on 2 cores): Bayesian logistic
     regression (pathwise, score function with and without baselines, delta-method control variate,
-    measure-valued) and the discrete VAE's encoder (every discrete estimator). ``full`` adds checkpoints,
-    larger N and the relaxations' temperatures."""
+    measure-valued) and the discrete VAE's encoder (every discrete estimator). ``full`` adds checkpoints and
+    trains on to step 2000, larger N and the relaxations' temperatures."""
     devices = common["devices"]
-    logreg_steps = (0.0, 10.0, 50.0, 100.0, 200.0, 500.0) if full else (0.0, 50.0, 500.0)
-    vae_steps = (0.0, 10.0, 30.0, 100.0, 300.0) if full else (0.0, 30.0, 300.0)
+    logreg, vae = WORKLOADS["bayes_logreg"], WORKLOADS["discrete_vae"]
+    logreg_steps = tuple(map(float, logreg.full_checkpoints if full else logreg.checkpoints))
+    vae_steps = tuple(map(float, vae.full_checkpoints if full else vae.checkpoints))
     logreg_n = (1, 10, 100, 1000) if full else (1, 10, 100)
     # 124 cost evaluations per sample (two per mean and per log-scale): N = 100 costs ~12 s per cell.
     mvd_n = (1, 10, 100) if full else (1, 10)

@@ -27,6 +27,32 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+class TrainingRun:
+    """A deterministic optimisation run (Adam on ``loss(state, step)``), advanced only as far as the checkpoints
+    asked for so far require, and kept: step k's parameters are the same whichever checkpoint comes first, so
+    ``make bench`` pays for its short checkpoints only and the ``full`` preset's longer runs extend the same one."""
+
+    def __init__(self, initial: Callable[[], dict[str, Tensor]], loss: Callable[[dict[str, Tensor], int], Tensor],
+                 learning_rate: float, steps: int):  # fmt: skip
+        self._initial, self._loss, self._learning_rate, self.steps = initial, loss, learning_rate, steps
+        self._history: list[dict[str, Tensor]] = []
+
+    def __getitem__(self, step: int) -> dict[str, Tensor]:
+        if not 0 <= step <= self.steps:
+            raise WorkloadError(f"training step must be in [0, {self.steps}], got {step}")
+        if not self._history:
+            self._state = {k: v.clone().requires_grad_(True) for k, v in self._initial().items()}
+            self._optimiser = torch.optim.Adam(list(self._state.values()), lr=self._learning_rate)
+            self._history.append({k: v.detach().clone() for k, v in self._state.items()})
+        with one_thread():
+            while len(self._history) <= step:
+                self._optimiser.zero_grad()
+                self._loss(self._state, len(self._history) - 1).backward()
+                self._optimiser.step()
+                self._history.append({k: v.detach().clone() for k, v in self._state.items()})
+        return self._history[step]
+
+
 class WorkloadError(ProblemError):
     """An unknown workload, checkpoint or estimator; the message says what is allowed."""
 
@@ -50,6 +76,7 @@ class Workload:
     ground_truth: str
     train_steps: int
     checkpoints: tuple[int, ...]  # the default sweep's steps: initialisation, mid-way, near convergence
+    full_checkpoints: tuple[int, ...]  # the full preset's: more of them, and a longer run
     parameter_count: int
     estimators: Mapping[str, WorkloadEstimator]
     # step -> the distribution and cost the surrogates see at that checkpoint; θ = to_theta(φ)

@@ -102,7 +102,7 @@ def test_enumerated_expected_cost_matches_a_direct_sum_over_configurations():
     step = 30
     images = discrete_vae.evaluation_batch()[:7]
     logits = discrete_vae.encoder_logits(discrete_vae.parameters(step), images)
-    decoder = {k: v for k, v in discrete_vae.trajectory()[step].items() if k != "encoder"}
+    decoder = {k: v for k, v in discrete_vae.TRAINING[step].items() if k != "encoder"}
     z = discrete_vae.all_configurations()
     assert len(torch.unique(z, dim=0)) == 2**discrete_vae.LATENTS
     log_q = Independent(Bernoulli(logits=logits), 1).log_prob(z.unsqueeze(1))  # [C, B]
@@ -116,7 +116,7 @@ def test_vae_exact_gradient_matches_a_finite_difference():
     phi = discrete_vae.parameters(step)
     grad, _ = discrete_vae.exact_gradient(step)
     images = discrete_vae.evaluation_batch()
-    decoder = {k: v for k, v in discrete_vae.trajectory()[step].items() if k != "encoder"}
+    decoder = {k: v for k, v in discrete_vae.TRAINING[step].items() if k != "encoder"}
 
     def elbo(p):
         logits = discrete_vae.encoder_logits(p, images)
@@ -127,6 +127,15 @@ def test_vae_exact_gradient_matches_a_finite_difference():
         step_vector[j] = 1e-5
         difference = (elbo(phi + step_vector) - elbo(phi - step_vector)) / 2e-5
         assert difference == pytest.approx(float(grad[j]), abs=1e-8 + 1e-6 * abs(float(grad[j])))
+
+
+def test_a_training_run_is_the_same_however_far_it_was_advanced_first():
+    early = discrete_vae.TRAINING.__class__(discrete_vae._initial_parameters, discrete_vae._training_loss,
+                                           discrete_vae.LEARNING_RATE, 40)  # fmt: skip
+    late = discrete_vae.TRAINING.__class__(discrete_vae._initial_parameters, discrete_vae._training_loss,
+                                          discrete_vae.LEARNING_RATE, 40)  # fmt: skip
+    late[40]
+    assert torch.equal(early[25]["encoder"], late[25]["encoder"]) and torch.equal(early[40]["weight"], late[40]["weight"])
 
 
 def test_training_improves_both_objectives():
@@ -207,8 +216,8 @@ def test_vector_bias_test_detects_one_shifted_coordinate_and_tolerates_none():
 
 
 def test_bad_checkpoint_and_estimator_are_refused_with_what_is_allowed():
-    with pytest.raises(WorkloadError, match=r"training step in \[0, 500\]"):
-        estimate_workload(LOGREG, "pathwise", 501, 1, 10)
+    with pytest.raises(WorkloadError, match=r"training step in \[0, 2000\]"):
+        estimate_workload(LOGREG, "pathwise", 2001, 1, 10)
     with pytest.raises(WorkloadError, match="an integer"):
         estimate_workload(LOGREG, "pathwise", 2.5, 1, 10)
     with pytest.raises(WorkloadError, match="arm is not run on bayes_logreg"):
