@@ -86,6 +86,20 @@ def time_estimates(run, device: str) -> tuple[float, int]:
     return float(measurement.median), len(measurement.times)
 
 
+def timing_columns(draw, cell: Cell, variance: float, samples_per_call: int) -> dict:
+    """Time ``draw(R)`` with R estimates of about ``samples_per_call`` samples per call; the timing columns."""
+    timing_replicates = max(1, samples_per_call // cell.n_samples)
+    seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
+    seconds_per_estimate = seconds / timing_replicates
+    return dict(
+        seconds_per_estimate=seconds_per_estimate,
+        samples_per_second=cell.n_samples / seconds_per_estimate,
+        work_normalized_var=variance * seconds_per_estimate,
+        timing_replicates=timing_replicates,
+        timing_runs=runs,
+    )
+
+
 def summary_columns(summary: EstimateSummary, n_samples: int) -> dict:
     """The table columns an EstimateSummary fills (scalar and workload rows alike), with status ok."""
     return dict(
@@ -169,16 +183,7 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
         objective=_objective(problem, cell.theta),
     )
     if timed:
-        timing_replicates = max(1, TIMING_SAMPLES // cell.n_samples)
-        seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
-        seconds_per_estimate = seconds / timing_replicates
-        row.update(
-            seconds_per_estimate=seconds_per_estimate,
-            samples_per_second=cell.n_samples / seconds_per_estimate,
-            work_normalized_var=summary.var * seconds_per_estimate,
-            timing_replicates=timing_replicates,
-            timing_runs=runs,
-        )
+        row.update(timing_columns(draw, cell, summary.var, TIMING_SAMPLES))
     row["elapsed_s"] = time.perf_counter() - started
     notes = [row["note"], problem.heavy_tail_warning(cell.theta)]
     if not math.isfinite(row["bias_z"]):
@@ -285,16 +290,7 @@ def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> 
     if summary.biased:
         notes.append(f"largest bias at coordinate {vector.worst_coordinate} of {vector.n_params}")
     if timed:
-        timing_replicates = max(1, WORKLOAD_TIMING_SAMPLES // cell.n_samples)
-        seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
-        seconds_per_estimate = seconds / timing_replicates
-        row.update(
-            seconds_per_estimate=seconds_per_estimate,
-            samples_per_second=cell.n_samples / seconds_per_estimate,
-            work_normalized_var=summary.var * seconds_per_estimate,
-            timing_replicates=timing_replicates,
-            timing_runs=runs,
-        )
+        row.update(timing_columns(draw, cell, summary.var, WORKLOAD_TIMING_SAMPLES))
     row["note"] = "; ".join(notes)
     row["elapsed_s"] = time.perf_counter() - started
     return row
