@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -95,8 +95,6 @@ class Workload:
     # Surrogate sums over these trailing axes are averaged, e.g. the images of a VAE's evaluation batch.
     surrogate_scale: float = 1.0
     bytes_per_sample: int = 64 * 1024
-    objective_name: str = "ELBO"
-    notes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def estimator_names(self) -> tuple[str, ...]:

@@ -28,6 +28,17 @@ from .workload import Workload, WorkloadError
 WORKING_MEMORY = 1 << 28  # bytes per vectorised call; a workload sample holds a whole data set's activations
 
 
+_EXACT_TERMS: dict[tuple[str, int], Tensor] = {}
+
+
+def _exact_term(workload: Workload, step: int) -> Tensor:
+    """The exactly computed term's gradient at a checkpoint, once per process (not inside every timed call)."""
+    key = (workload.name, step)
+    if key not in _EXACT_TERMS:
+        _EXACT_TERMS[key] = workload.exact_term_gradient(workload.parameters(step))
+    return _EXACT_TERMS[key]
+
+
 def estimate_workload(
     workload: Workload,
     estimator: str,
@@ -55,7 +66,7 @@ def estimate_workload(
     resolved = get_estimator(estimator.split("+")[0]).resolve_options(options)
     step = workload.check_step(step)
     phi = workload.parameters(step).to(device=device, dtype=dtype)
-    exact = workload.exact_term_gradient(workload.parameters(step)).to(device=device, dtype=dtype)
+    exact = _exact_term(workload, step).to(device=device, dtype=dtype)
     per_call = max(1, memory_budget // (workload.bytes_per_sample * n_samples))
     pieces = []
     for start in range(0, n_replicates, per_call):
