@@ -282,9 +282,9 @@ def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> 
     notes = [f"{row['n_nonfinite']} estimates with non-finite coordinates excluded"] if row["n_nonfinite"] else []
     if unresolved is not None and unresolved.any():
         notes.append(
-            f"{int((unresolved > 0).sum())} of {vector.n_params} coordinates get part of their gradient from latent "
-            f"outcomes expected < 5 times in the cell's {replicates * cell.n_samples} draws per image; that exact part "
-            f"(norm {np.linalg.norm(unresolved):.3g}) is added to the bias test's uncertainty, and their variance is "
+            f"{int((unresolved > 0).sum())} of {vector.n_params} coordinates get part of their gradient from "
+            f"{workload.unresolved_reason} ({replicates * cell.n_samples}); a bound on that part (norm "
+            f"{np.linalg.norm(unresolved):.3g}) is added to the bias test's uncertainty, and their variance is "
             "underestimated"
         )
     if summary.biased:

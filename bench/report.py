@@ -17,7 +17,6 @@ from estimators.discrete_estimators import exact_relaxed_mean
 from estimators.workloads import WORKLOADS
 
 from . import environment, plots
-from .workload_report import choice_lines, workload_biases, workload_sections
 from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
 from .table import TABLE_NAME, latest_rows, load_table
 
@@ -355,6 +354,8 @@ def write_report(out_dir: Path) -> Path:
             "",
         ]
     lines += _regression_section(out_dir)
+    from .workload_report import choice_lines, workload_biases, workload_sections  # it uses _fmt and _ranked from here
+
     # Workloads (gradient vectors at training checkpoints) have their own section; the rest is per scalar θ.
     workloads = ok[ok["problem"].isin(WORKLOADS)]
     ok = ok[~ok["problem"].isin(WORKLOADS)]

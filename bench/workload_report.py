@@ -15,22 +15,9 @@ import pandas as pd
 from estimators.workloads import WORKLOADS
 
 from . import plots
-
-# Same rule as the scalar rankings: an estimator biased in theory, or measurably biased here, is never ranked.
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.{digits}g}"
-
-
-def _ranked(rows: pd.DataFrame) -> pd.DataFrame:
-    fair_mask = ~rows["biased"].astype(bool) & rows["expected_unbiased"].astype(bool)
-    fair = rows[fair_mask].sort_values("work_normalized_var")
-    fair = fair.assign(rank=range(1, len(fair) + 1))
-    return pd.concat([fair, rows[~fair_mask].assign(rank=None)])
-
+# The scalar report's formatting and ranking rule (an estimator biased in theory, or measurably biased here, is
+# never ranked); report.py imports this module only inside write_report, so the import is not circular.
+from .report import _fmt, _ranked
 
 def ranking_table(rows: pd.DataFrame) -> list[str]:
     ranked = _ranked(rows)

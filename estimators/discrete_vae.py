@@ -259,6 +259,7 @@ DISCRETE_VAE = Workload(
     objective=objective,
     exact_term_gradient=entropy_gradient,
     unresolved_by_sampling=unresolved_by_sampling,
+    unresolved_reason=f"latent outcomes expected fewer than {RARE_EVENT_COUNT:g} times in the cell's draws per image",
     surrogate_scale=1.0 / len(range(0, 1797, EVALUATION_STRIDE)),  # the batch's mean ELBO
     # ~12 float32 values per pixel per image per sample (decoder logits, softplus, gradients; ×3 for REBAR).
     bytes_per_sample=12 * PIXELS * 100 * 4 * 3,

@@ -92,6 +92,7 @@ class Workload:
     # (step, draws per data point) -> per coordinate, the exact gradient mass carried by events the cell's draws
     # expect to see fewer than a handful of times (saturated discrete latents); None when there are none.
     unresolved_by_sampling: Callable[[int, int], Tensor] | None = None
+    unresolved_reason: str = ""  # what those events are, for the row's note
     # Surrogate sums over these trailing axes are averaged, e.g. the images of a VAE's evaluation batch.
     surrogate_scale: float = 1.0
     bytes_per_sample: int = 64 * 1024

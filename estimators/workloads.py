@@ -81,9 +81,3 @@ def estimate_workload(
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (BAYES_LOGREG, DISCRETE_VAE)}
 
-
-def get_workload(name: str) -> Workload:
-    workload = WORKLOADS.get(name)
-    if workload is None:
-        raise WorkloadError(f"unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
-    return workload
