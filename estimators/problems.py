@@ -359,10 +359,6 @@ PROBLEM_FAMILIES.update(DISCRETE_FAMILIES)
 # The user's own problem: `varbench run --problem my_module:my_problem`.
 
 
-def _depends_on_theta(tensor: Tensor) -> bool:
-    return bool(tensor.requires_grad)
-
-
 def custom_problem(
     name: str,
     distribution: Callable[[Tensor], Distribution],
@@ -389,8 +385,8 @@ def custom_problem(
     try:
         dist = distribution(theta)
         x = dist.sample((2,))
-        p_moves = _depends_on_theta(dist.log_prob(x))
-        f_moves = _depends_on_theta(cost(x, theta))
+        p_moves = dist.log_prob(x).requires_grad
+        f_moves = cost(x, theta).requires_grad
     except Exception as error:
         raise ProblemError(f"problem {name}: distribution(θ) and cost(x, θ) must run on a θ of shape [1] "
                            f"({type(error).__name__}: {error})") from None  # fmt: skip
