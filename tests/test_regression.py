@@ -75,20 +75,27 @@ def test_variance_test_is_calibrated_per_cell(independent_run_pairs):
     assert stats.binom.ppf(0.001, tests, alpha) <= rejections <= stats.binom.ppf(0.999, tests, alpha), (rejections, tests)
 
 
+def _summed(estimator, problem, theta, n_samples, options):
+    """The estimator's surrogate summed over its samples (surrogates may be per sample or already summed):
+    its gradient w.r.t. θ is N·ĝ."""
+    return estimator.surrogate(problem, theta, n_samples, **options).reshape(-1, *theta.shape).sum(dim=0)
+
+
 def _noisier(estimator, factor: float):
     """The same estimator with its noise scaled by ``factor`` around the exact gradient (mean unchanged)."""
 
     def surrogate(problem, theta, n_samples, **options):
         exact = problem.gradient(float(theta.detach().flatten()[0]))
-        # d/dθ of (factor·s − (factor − 1)·exact·θ) = factor·ĝ − (factor − 1)·exact: same mean, factor × spread.
-        return factor * estimator.surrogate(problem, theta, n_samples, **options) - (factor - 1) * exact * theta
+        # d/dθ of (factor·S − (factor − 1)·exact·N·θ) = N (factor·ĝ − (factor − 1)·exact): same mean, factor × spread.
+        summed = _summed(estimator, problem, theta, n_samples, options)
+        return factor * summed - (factor - 1) * exact * n_samples * theta
 
     return dataclasses.replace(estimator, surrogate=surrogate)
 
 
 def _shifted(estimator, shift: float):
     def surrogate(problem, theta, n_samples, **options):
-        return estimator.surrogate(problem, theta, n_samples, **options) + shift * theta
+        return _summed(estimator, problem, theta, n_samples, options) + n_samples * shift * theta
 
     return dataclasses.replace(estimator, surrogate=surrogate)
 
