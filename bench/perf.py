@@ -24,7 +24,8 @@ import torch
 from torch.utils import benchmark
 
 from estimators import ESTIMATORS, estimate, make_problem
-from estimators.gradient_estimators import DEFAULT_MEMORY_BUDGET, WORKING_VALUES_PER_SAMPLE
+from estimators.gradient_estimators import DEFAULT_MEMORY_BUDGET, PARALLEL_CALL_SAMPLES, WORKING_VALUES_PER_SAMPLE
+from estimators.workload import one_thread
 
 from . import environment
 
@@ -210,6 +211,14 @@ def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd
                     metric="fraction_of_rng_floor", value=fraction, target=FLOOR_TARGET if is_target else None,
                     meets_target=(fraction >= FLOOR_TARGET) if is_target else None,
                     note=f"{rate:.3g} samples/s; {estimator.cost_evaluations(problem)} cost evaluations per sample")  # fmt: skip
+                if is_target and device == "cpu" and torch.get_num_threads() > 1:
+                    # torch.randn fills on one CPU thread; the estimate overlaps its calls' draws on all of
+                    # them. The one-thread fraction shows how much of the ratio is that overlap.
+                    with one_thread():
+                        alone, rate = floor_fraction(name, problem, case[3], n, m, device, config.min_run_time)
+                    add(section="floor_one_thread", **common, problem=problem.label, estimator=name, n_samples=n,
+                        n_replicates=m, metric="fraction_of_rng_floor", value=alone,
+                        note=f"torch.set_num_threads(1); {rate:.3g} samples/s")  # fmt: skip
                 seconds = n / rate
                 if name == "pathwise":
                     pathwise_seconds[problem.label] = seconds
@@ -273,10 +282,20 @@ def write_perf_report(out: Path) -> Path:
         lines += [f"## {device} — {rows['device_name'].iloc[0]}", ""]
         floor = rows[(rows["section"] == "floor") & (rows["problem"] == "torch.randn")]["value"].iloc[0]
         lines += [f"### Samples per second against the RNG floor (`torch.randn`: {floor:.3g} samples/s)", "",
-                  f"Target: pathwise and score function ≥ {FLOOR_TARGET:g} of the floor.", "",
-                  "| problem | estimator | fraction of floor | target | | detail |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  f"Target: pathwise and score function ≥ {FLOOR_TARGET:g} of the floor.", ""]  # fmt: skip
+        alone = rows[rows["section"] == "floor_one_thread"].set_index(["problem", "estimator"])["value"]
+        if device == "cpu" and len(alone):
+            lines += [f"On CPU `torch.randn` fills on one thread. `estimate` splits a cell into calls of at most "
+                      f"{PARALLEL_CALL_SAMPLES} samples, each drawing from its own random stream, and runs them on "
+                      f"torch's {int(rows['num_threads'].iloc[0])} threads, so one call draws while another "
+                      "computes; the numbers do not depend on the thread count. The *1 thread* column is the same "
+                      "ratio with `torch.set_num_threads(1)`: the per-sample efficiency without that overlap.", ""]  # fmt: skip
+        lines += ["| problem | estimator | fraction of floor | 1 thread | target | | detail |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rows[(rows["section"] == "floor") & (rows["problem"] != "torch.randn")].itertuples():
-            lines.append(f"| {r.problem} | {r.estimator} | {r.value:.2f} | {_target(r)} | {_met(r)} | {r.note} |")
+            single = alone.get((r.problem, r.estimator))
+            single = "" if single is None else f"{single:.2f}"
+            lines.append(f"| {r.problem} | {r.estimator} | {r.value:.2f} | {single} | {_target(r)} | {_met(r)} | {r.note} |")
         lines += ["", "### Vectorised call against a per-estimate Python loop (`.backward()` per estimate)", "",
                   f"Target: ≥ {LOOP_TARGET:g}× at N = 1000, M = 1000.", "",
                   "| estimator | N | M | speed-up | target | | detail |", "|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -38,12 +38,17 @@ def test_perf_run_writes_every_section_and_a_report(tmp_path):
     table = perf.run_perf(tmp_path, config, progress=lambda message: None)
     on_disk = pd.read_csv(tmp_path / "perf.csv")
     assert len(on_disk) == len(table) and list(on_disk.columns) == perf.COLUMNS
-    assert set(table["section"]) == {"floor", "relative_cost", "loop", "memory"}
+    sections = {"floor", "relative_cost", "loop", "memory"}
+    if torch.get_num_threads() > 1:  # the same ratio on one thread, for the pathwise and score-function rows
+        sections.add("floor_one_thread")
+        alone = table[table["section"] == "floor_one_thread"]
+        assert set(alone["estimator"]) == set(perf.FLOOR_ESTIMATORS) and len(alone) == 2 * len(perf.GAUSSIAN_CASES)
+    assert set(table["section"]) == sections
     assert (table["value"] > 0).all() or table[table["value"] <= 0]["section"].eq("memory").all()
     targets = table[table["target"].notna()]
     # Targets apply to pathwise and the score function on the Gaussian problems and to the loop at N = 1000.
     assert set(targets["estimator"]) == set(perf.FLOOR_ESTIMATORS)
     assert set(targets[targets["section"] == "loop"]["n_samples"]) == {1000}
     report = perf.write_perf_report(tmp_path).read_text()
-    for heading in ("RNG floor", "Python loop", "Memory per cell", "Cost relative to pathwise", "## Targets"):
+    for heading in ("RNG floor", "| 1 thread |", "Python loop", "Memory per cell", "Cost relative to pathwise", "## Targets"):
         assert heading in report

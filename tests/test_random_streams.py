@@ -94,3 +94,13 @@ def test_an_unrouted_random_op_falls_back_to_the_serial_global_stream(monkeypatc
     assert ("pathwise", SEED_PROBLEM.label) in gradient_estimators._GLOBAL_GENERATOR_USERS
     again = _many_calls("pathwise", seed=5)  # remembered: straight to the serial path, same numbers, no warning
     assert torch.equal(again, expected)
+
+
+def test_the_one_thread_override_survives_overlapping_estimates(threads):
+    threads(2)
+    with random_streams.one_intra_op_thread():
+        assert torch.get_num_threads() == 1
+        with random_streams.one_intra_op_thread():  # a second estimate starting meanwhile (Dask worker threads)
+            pass
+        assert torch.get_num_threads() == 1  # the first still runs: a plain save/restore would have reset it
+    assert torch.get_num_threads() == 2
