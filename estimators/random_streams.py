@@ -91,11 +91,10 @@ def one_intra_op_thread() -> Iterator[None]:
 
 def run_chunks(tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
     """Run ``tasks`` (CPU work), each drawing from its own stream, on up to ``workers`` threads with one intra-op
-    thread each (a single task keeps torch's threads); results in task order. Consumes one draw of the global
-    generator whatever ``workers`` is.
+    thread each; results in task order. Consumes one draw of the global generator whatever ``workers`` is.
 
     One intra-op thread each, so that each task's arithmetic, and so every bit of the result, is the same
-    whatever the thread count (a single task's reductions may split across torch's threads, as before). It
+    whatever the thread count. It
     also avoids oversubscribing the cores with one team of intra-op threads per worker; on 2 cores the median
     fraction of the RNG floor was 0.61 against 0.56 with torch's default, within the VM's noise.
 
@@ -110,15 +109,12 @@ def run_chunks(tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
         with DrawFrom(generators[index]):
             return tasks[index]()
 
-    if len(tasks) == 1:  # nothing to overlap: the call keeps torch's intra-op threads, as any other estimator's
-        results = [run(0)]
-    else:
-        with one_intra_op_thread():
-            if workers <= 1:
-                results = [run(k) for k in range(len(tasks))]
-            else:
-                with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="varbench-chunk") as pool:
-                    results = list(pool.map(run, range(len(tasks))))
+    with one_intra_op_thread():
+        if workers <= 1:
+            results = [run(k) for k in range(len(tasks))]
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="varbench-chunk") as pool:
+                results = list(pool.map(run, range(len(tasks))))
     if not torch.equal(torch.get_rng_state(), after_seed):
         torch.set_rng_state(before)
         raise GlobalGeneratorUsed("a chunk drew from torch's global generator (a random op not in RANDOM_OPS)")

@@ -54,7 +54,7 @@ def test_chunks_draw_distinct_streams(threads):
 def test_the_global_stream_advances_by_one_draw_whatever_the_chunking(threads):
     threads(2)
     states = []
-    for calls_of in (1000, 10**6):
+    for calls_of in (1000, 2000):
         _many_calls("score_function", seed=4, calls_of=calls_of)
         states.append(torch.get_rng_state())
     assert torch.equal(states[0], states[1])
@@ -73,7 +73,8 @@ def test_every_parallel_safe_cell_of_the_default_sweep_draws_only_from_its_chunk
             if (problem.label, name) in seen or ESTIMATORS[name].skip_reason(problem, 4) is not None:
                 continue
             seen.add((problem.label, name))
-            estimate(ESTIMATORS[name], problem, theta, 4, 3)
+            # Calls of 2 samples, so that the estimate is several calls (one call draws from the global stream).
+            estimate(ESTIMATORS[name], problem, theta, 4, 3, memory_budget=2 * WORKING_VALUES_PER_SAMPLE * 4)
     assert len(seen) >= 20, seen
     assert not gradient_estimators._GLOBAL_GENERATOR_USERS
 
@@ -104,3 +105,11 @@ def test_the_one_thread_override_survives_overlapping_estimates(threads):
             pass
         assert torch.get_num_threads() == 1  # the first still runs: a plain save/restore would have reset it
     assert torch.get_num_threads() == 2
+
+
+def test_an_estimate_of_one_call_draws_from_the_global_stream_directly():
+    serial = dataclasses.replace(ESTIMATORS["pathwise"], parallel_safe=False)
+    torch.manual_seed(6)
+    expected = estimate(serial, SEED_PROBLEM, 3.0, 100, 40)
+    torch.manual_seed(6)
+    assert torch.equal(estimate(ESTIMATORS["pathwise"], SEED_PROBLEM, 3.0, 100, 40), expected)
