@@ -18,7 +18,15 @@ from estimators.workloads import WORKLOADS, estimate_workload
 
 from . import environment
 from .grid import DTYPES, Cell
-from .statistics import TARGET_VARIANCE_REL_SE, EstimateSummary, kurtosis, replicates_for_relative_se, summarize, summarize_vector
+from .statistics import (
+    TARGET_VARIANCE_REL_SE,
+    EstimateSummary,
+    kurtosis,
+    replicates_for_relative_se,
+    summarize,
+    summarize_vector,
+    variance_interval_caveat,
+)
 from .table import COLUMNS
 
 PILOT_REPLICATES = 400
@@ -185,7 +193,7 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
     if timed:
         row.update(timing_columns(draw, cell, summary.var, TIMING_SAMPLES))
     row["elapsed_s"] = time.perf_counter() - started
-    notes = [row["note"], problem.heavy_tail_warning(cell.theta)]
+    notes = [row["note"], problem.heavy_tail_warning(cell.theta), variance_interval_caveat(summary.kurtosis)]
     if not math.isfinite(row["bias_z"]):
         notes.append("estimates are constant")
     row["note"] = "; ".join(n for n in notes if n)
