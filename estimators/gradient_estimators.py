@@ -430,6 +430,7 @@ def estimate(
     options: Mapping[str, float] | None = None,
     variance_reduction: str = "none",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    parallel: bool = True,
 ) -> Tensor:
     """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples.
 
@@ -440,7 +441,8 @@ def estimate(
     Seed torch's global generator for reproducible numbers. On CPU, a ``parallel_safe`` estimator's calls
     (at most PARALLEL_CALL_SAMPLES samples each) run on torch's threads, each drawing from its own stream
     seeded from one draw of the global generator; the numbers are the same whatever the thread count.
-    Everything else draws from the global generator on ``device`` directly.
+    Everything else, and everything when ``parallel`` is False (calls sized by the budget alone, on this
+    thread), draws from the global generator on ``device`` directly.
     """
     if n_samples < 1:
         raise EstimatorError(f"n_samples must be >= 1, got {n_samples}")
@@ -485,7 +487,7 @@ def estimate(
                 for start in range(0, n_replicates, replicates_per_call)]  # fmt: skip
 
     key = (estimator.name, problem.label)
-    if torch.device(device).type == "cpu" and estimator.parallel_safe and variance_reduction == "none" \
+    if parallel and torch.device(device).type == "cpu" and estimator.parallel_safe and variance_reduction == "none" \
             and key not in _GLOBAL_GENERATOR_USERS:  # fmt: skip
         # Cache-sized calls, each from its own stream (random_streams), run on the CPU's threads: one call's
         # noise is drawn while another's arithmetic runs. The split depends only on N, M, dtype and the budget,

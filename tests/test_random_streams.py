@@ -113,3 +113,14 @@ def test_an_estimate_of_one_call_draws_from_the_global_stream_directly():
     expected = estimate(serial, SEED_PROBLEM, 3.0, 100, 40)
     torch.manual_seed(6)
     assert torch.equal(estimate(ESTIMATORS["pathwise"], SEED_PROBLEM, 3.0, 100, 40), expected)
+
+
+def test_parallel_false_draws_every_call_from_the_global_stream_on_this_thread():
+    budget = 1000 * WORKING_VALUES_PER_SAMPLE * 4  # 40 calls
+    serial = dataclasses.replace(ESTIMATORS["score_function"], parallel_safe=False)
+    torch.manual_seed(7)
+    expected = estimate(serial, SEED_PROBLEM, 3.0, 100, 400, memory_budget=budget)
+    torch.manual_seed(7)
+    off = estimate(ESTIMATORS["score_function"], SEED_PROBLEM, 3.0, 100, 400, memory_budget=budget, parallel=False)
+    assert torch.equal(off, expected)
+    assert not torch.equal(off, _many_calls("score_function", seed=7))
