@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.distributions import Independent, Normal, kl_divergence
 from torch.nn.functional import softplus
 
-from .gradient_estimators import measure_valued, pathwise, score_function, score_function_loo, score_surrogate
+from .gradient_estimators import measure_valued, pathwise, score_function, score_function_loo, weighted_score_sum
 from .workload import TrainingRun, Workload, WorkloadEstimator, surrogate_problem
 
 TRAIN_STEPS = 2000  # the full preset's last checkpoint; make bench trains only to its own (500)
@@ -187,7 +187,7 @@ def delta_cv_score_function(problem, theta: Tensor, n_samples: int) -> Tensor:
     dist = problem.distribution(theta)
     w = dist.sample((n_samples,))
     residual = (log_likelihood(w) - _taylor(theta, w)).detach()
-    return residual * score_surrogate(dist, w) + _expected_taylor(theta)
+    return weighted_score_sum(dist, w, residual) + n_samples * _expected_taylor(theta)
 
 
 PROBLEM = surrogate_problem(

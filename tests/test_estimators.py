@@ -278,7 +278,7 @@ def test_closed_form_gaussian_score_has_the_gradient_of_log_prob(moves):
     # score_function's Gaussian shortcut must differentiate to exactly what autograd through log_prob gives.
     from torch.distributions import Independent, Normal
 
-    from estimators.gradient_estimators import score_surrogate
+    from estimators.gradient_estimators import weighted_score_sum
 
     theta = torch.tensor([0.3, 1.7, -2.0], dtype=torch.float64, requires_grad=True)
     loc = {"loc": theta, "scale": torch.zeros_like(theta), "both": theta, "diagonal": theta}[moves]
@@ -290,5 +290,5 @@ def test_closed_form_gaussian_score_has_the_gradient_of_log_prob(moves):
     x = dist.sample((50,))
     weights = torch.randn(x.shape[: x.dim() - len(dist.event_shape)], dtype=torch.float64)
     (expected,) = torch.autograd.grad((weights * dist.log_prob(x)).sum(), theta, retain_graph=True)
-    (actual,) = torch.autograd.grad((weights * score_surrogate(dist, x)).sum(), theta)
+    (actual,) = torch.autograd.grad(weighted_score_sum(dist, x, weights).sum(), theta)
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
