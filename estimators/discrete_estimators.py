@@ -403,7 +403,8 @@ def _estimators():
                   parameters={"temperature": 0.5, "eta": 1.0}),
         Estimator("relax", relax,
                   f"REBAR with a learned control c_φ (η, λ, {RELAX_HIDDEN}-unit MLP) trained train_steps Adam steps at θ; unbiased, 3 cost evals",
-                  skip_reason=_needs_discrete, cost_evaluations=_evaluations(3), parameters={"train_steps": 200}),
+                  skip_reason=_needs_discrete, cost_evaluations=_evaluations(3), parameters={"train_steps": 200},
+                  work_depends_on_theta=True),
     )  # fmt: skip
 
 

@@ -321,6 +321,9 @@ class Estimator:
     # Whether the surrogate is a pure function of its arguments and torch's random ops (no caches, no global
     # state), so ``estimate`` may run its calls concurrently on CPU, each from its own stream (random_streams).
     parallel_safe: bool = False
+    # Whether one call's time changes with θ (a control variate trained per θ): then each θ's cost is measured
+    # on its own instead of once for all θ of a comparison block.
+    work_depends_on_theta: bool = False
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults overridden by ``options``; raises EstimatorError on an unknown name or a non-finite value."""

@@ -54,12 +54,20 @@ def _moment_exists(shape_name: str, power: float) -> tuple[float, str]:
 
 def _heavy_tail(shape: float, power: float) -> str | None:
     # Near x = 0 the density is ∝ x^(shape−1) and both the score-function and pathwise estimates behave like
-    # x^p log x, so their fourth moment is finite iff shape + 4p > 0.
-    if power < 0 and shape + 4 * power <= 0:
+    # x^p log x, so their fourth moment is finite iff shape + 4p > 0 (and their second iff shape + 2p > 0).
+    if power < 0 and shape + 4 * power <= 0 < shape + 2 * power:
         return (
             f"f = x^{power:g} with shape-like parameter {shape:g}: shape + 4·power <= 0, so the estimates' fourth "
             "moment is infinite and their sample variance is unreliable"
         )
+    return None
+
+
+def _infinite_variance(shape: float, power: float) -> str | None:
+    # The estimates behave like x^p log x near 0 (see _heavy_tail): their second moment needs shape + 2p > 0.
+    if power < 0 and shape + 2 * power <= 0:
+        return (f"f = x^{power:g} with shape-like parameter {shape:g}: shape + 2·power <= 0, so the gradient exists "
+                "(shape + power > 0) but every estimator's variance is infinite")  # fmt: skip
     return None
 
 
@@ -120,8 +128,10 @@ def gamma_d_rate(shape: float, rate: float, power: float) -> float:
 def _implicit_problem(name: str, wrt: str, params: dict[str, float], summary: str, **fields) -> Problem:
     """A Problem of this module: θ moves only the distribution, the cost is x^power or log x, θ > its lower bound."""
     low, reason = fields.pop("theta_low"), fields.pop("theta_range_reason")
+    # Gamma, Beta and Dirichlet draws are rejection samplers whose work depends on the concentration.
     return Problem(name=name, wrt=wrt, params=params, summary=summary, distribution_depends_on_theta=True,
-                   cost_depends_on_theta=False, theta_range=(low, math.inf), theta_range_reason=reason, **fields)  # fmt: skip
+                   cost_depends_on_theta=False, theta_range=(low, math.inf), theta_range_reason=reason,
+                   work_depends_on_theta=True, **fields)  # fmt: skip
 
 
 def _build_gamma(wrt: str, params: dict[str, float]) -> Problem:
@@ -139,6 +149,7 @@ def _build_gamma(wrt: str, params: dict[str, float]) -> Problem:
         objective = lambda t: gamma_objective(t, rate, power)  # noqa: E731
         gradient = lambda t: gamma_d_shape(t, rate, power)  # noqa: E731
         heavy = lambda t: _warnings(_heavy_tail(t, power), _clamp_warning(_gamma_clamped(t, rate)))  # noqa: E731
+        infinite = lambda t: _infinite_variance(t, power)  # noqa: E731
         formula = (
             "dL/dα = ψ′(α)   (L = E[log x] = ψ(α) − log β)"
             if power == 0
@@ -157,6 +168,7 @@ def _build_gamma(wrt: str, params: dict[str, float]) -> Problem:
         objective = lambda t: gamma_objective(shape, t, power)  # noqa: E731
         gradient = lambda t: gamma_d_rate(shape, t, power)  # noqa: E731
         heavy = lambda t: _warnings(_heavy_tail(shape, power), _clamp_warning(_gamma_clamped(shape, t)))  # noqa: E731
+        infinite = lambda t: _infinite_variance(shape, power)  # noqa: E731
         formula = (
             "dL/dβ = −1/β   (L = E[log x] = ψ(α) − log β)"
             if power == 0
@@ -175,6 +187,7 @@ def _build_gamma(wrt: str, params: dict[str, float]) -> Problem:
         theta_low=low,
         theta_range_reason=reason,
         heavy_tail_warning=heavy,
+        infinite_variance=infinite,
     )
 
 
@@ -229,6 +242,7 @@ def _build_beta(wrt: str, params: dict[str, float]) -> Problem:
         objective = lambda t: beta_objective(t, b, power)  # noqa: E731
         gradient = lambda t: beta_d_a(t, b, power)  # noqa: E731
         heavy = lambda t: _warnings(_heavy_tail(t, power), _clamp_warning(_beta_clamped(t, b)))  # noqa: E731
+        infinite = lambda t: _infinite_variance(t, power)  # noqa: E731
         formula = _BETA_FORMULA_A[power == 0]
     else:
         a = params["a"]
@@ -243,6 +257,7 @@ def _build_beta(wrt: str, params: dict[str, float]) -> Problem:
         objective = lambda t: beta_objective(a, t, power)  # noqa: E731
         gradient = lambda t: beta_d_b(a, t, power)  # noqa: E731
         heavy = lambda t: _warnings(_heavy_tail(a, power), _clamp_warning(_beta_clamped(a, t)))  # noqa: E731
+        infinite = lambda t: _infinite_variance(a, power)  # noqa: E731
         formula = (
             "dL/db = −ψ′(a+b)   (L = E[log x] = ψ(a) − ψ(a+b))"
             if power == 0
@@ -261,6 +276,7 @@ def _build_beta(wrt: str, params: dict[str, float]) -> Problem:
         theta_low=low,
         theta_range_reason=reason,
         heavy_tail_warning=heavy,
+        infinite_variance=infinite,
     )
 
 
@@ -297,6 +313,7 @@ def _build_dirichlet(wrt: str, params: dict[str, float]) -> Problem:
         theta_range_reason=reason,
         # The marginal x1 ~ Beta(α1, (K−1)·rest) approximates where the Dirichlet sampler clamps.
         heavy_tail_warning=lambda t: _warnings(_heavy_tail(t, power), _clamp_warning(_beta_clamped(t, others))),
+        infinite_variance=lambda t: _infinite_variance(t, power),
     )
 
 

@@ -52,6 +52,12 @@ class Problem:
     theta_range_reason: str = ""
     # θ -> why estimates may have an infinite fourth moment there (variance intervals then mislead), or None.
     heavy_tail_warning: Callable[[float], str | None] = lambda theta: None
+    # θ -> why every estimate that is not constant has an infinite variance there (its second moment diverges,
+    # though the gradient exists), or None. Such cells get no bias verdict and no rank: a z-test needs a variance.
+    infinite_variance: Callable[[float], str | None] = lambda theta: None
+    # Whether the time to draw and evaluate samples changes with θ (rejection samplers such as Gamma's): then
+    # each θ's cost is measured on its own instead of once for all θ of a comparison block.
+    work_depends_on_theta: bool = False
 
     @property
     def label(self) -> str:
@@ -245,11 +251,20 @@ def _gaussian_builder(name: str) -> Callable[[str, dict[str, float]], Problem]:
             formula = spec.formula_sigma
         def heavy_tail_warning(theta: float) -> str | None:
             sigma = theta if wrt == "sigma" else params["sigma"]
-            if name == "gaussian_exp" and 1 + 8 * k * sigma**2 <= 0:
+            if name == "gaussian_exp" and 1 + 4 * k * sigma**2 > 0 and 1 + 8 * k * sigma**2 <= 0:
                 return (
                     "f = exp(−kx²) with k < 0 and 1 + 8kσ² <= 0: the estimates' fourth moment is infinite, so the "
                     "sample variance converges slowly and its interval is unreliable"
                 )
+            return None
+
+        def infinite_variance(theta: float) -> str | None:
+            # f² = exp(−2kx²) enters every estimator's second moment (f·score, ∂f = −2kx·f, f(x⁺) − f(x⁻)), and
+            # E_N(μ,σ²)[exp(−2kx²)·poly(x)] is finite only while 1 + 4kσ² > 0.
+            sigma = theta if wrt == "sigma" else params["sigma"]
+            if name == "gaussian_exp" and 1 + 4 * k * sigma**2 <= 0:
+                return (f"f = exp(−kx²) with k = {k:g} < 0 and 1 + 4kσ² = {1 + 4 * k * sigma**2:.3g} <= 0 (σ = {sigma:g}): "
+                        "the gradient exists (1 + 2kσ² > 0) but every estimator's variance is infinite")  # fmt: skip
             return None
 
         return Problem(
@@ -258,6 +273,7 @@ def _gaussian_builder(name: str) -> Callable[[str, dict[str, float]], Problem]:
             params=params,
             summary=spec.summary,
             heavy_tail_warning=heavy_tail_warning,
+            infinite_variance=infinite_variance,
             distribution=distribution,
             cost=lambda x, theta: spec.cost(x, k),
             objective=objective,
@@ -370,17 +386,20 @@ def custom_problem(
     theta_range: tuple[float, float] = (-math.inf, math.inf),
     cost_is_differentiable: bool = True,
     summary: str = "",
+    work_depends_on_theta: bool = True,
 ) -> Problem:
     """A ``Problem`` from the three things a user knows: ``distribution(θ)`` (a torch.distributions object whose
     batch shape is θ's), ``cost(x, θ)`` (x has the sample dimensions in front of θ's shape) and, optionally, the
     exact ``gradient(θ)`` (and ``objective(θ)``) as functions of a float. Whether p and f depend on θ is found
-    by autograd at a valid θ. Without an exact gradient, each cell's ``true_grad`` is a reference estimate of
+    by autograd at a valid θ. ``work_depends_on_theta=False`` declares that drawing and evaluating samples
+    costs the same at every θ, so one cost measurement serves all θ of a sweep. Without an exact gradient, each cell's ``true_grad`` is a reference estimate of
     ``REFERENCE_SAMPLES`` samples, with its standard error in ``true_grad_se`` (see bench/measure.py)."""
     if not name or not isinstance(name, str):
         raise ProblemError(f"a problem needs a name, got {name!r}")
     probe = Problem(name=name, wrt=wrt, params={}, summary=summary, distribution=distribution, cost=cost,
                     objective=objective, gradient=gradient, gradient_formula="", distribution_depends_on_theta=True,
-                    cost_depends_on_theta=True, cost_is_differentiable=cost_is_differentiable, theta_range=theta_range)  # fmt: skip
+                    cost_depends_on_theta=True, cost_is_differentiable=cost_is_differentiable, theta_range=theta_range,
+                    work_depends_on_theta=work_depends_on_theta)  # fmt: skip
     theta = torch.full((1,), probe.valid_theta(), requires_grad=True)
     try:
         dist = distribution(theta)
