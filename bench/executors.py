@@ -1,6 +1,7 @@
 """Where a sweep's cells are measured: in this process (the default), or on a dask.distributed cluster.
 
-Either way a cell is the unit of work, each finished cell's row comes back to this process, and only this
+Either way a comparison block (``Cell.block_key``: the cells whose costs are measured together) is the unit of
+work, each finished block's rows come back to this process, and only this
 process appends to the table (``sweep.run_cells``): the table keeps its single writer, so resuming after a crash
 works as for a local run. A cell's seed is a hash of (base seed, cell), so a worker anywhere computes the same
 numbers as a local run; the timing columns are measured on the worker (its ``hostname`` and ``device_name``).
@@ -36,30 +37,23 @@ class ExecutorError(ValueError):
     """An executor that cannot be used as asked (dask missing, scheduler unreachable, no workers)."""
 
 
-def measure_row(cell: Cell, base_seed: int, timed: bool = True) -> dict:
-    """The cell's table row: measured (status ok or skipped), or an error row naming the exception.
+def measure_rows(block: list[Cell], base_seed: int, timed: bool = True) -> list[dict]:
+    """The rows of one comparison block (``measure.measure_block``); error rows if the block itself fails.
 
-    Runs wherever the cell runs, so the row's hostname, device_name and git_sha are those of that process.
+    Runs wherever the block runs, so the rows' hostname, device_name and git_sha are those of that process.
     """
     try:
-        # measure.measure_cell is looked up at call time, so a test can replace it; the untimed keyword is only
-        # passed when asked for, so a replacement with the plain (cell, base_seed) signature still fits.
-        return measure.measure_cell(cell, base_seed) if timed else measure.measure_cell(cell, base_seed, timed=False)
-    except Exception as error:  # one bad cell must not cost the others; it is recorded and retried later
-        return error_row(cell, base_seed, error)
+        # measure.measure_block is looked up at call time, so a test can replace it.
+        return measure.measure_block(block, base_seed, timed=timed)
+    except Exception as error:  # one bad block must not cost the others; it is recorded and retried later
+        return [measure.error_row(cell, base_seed, error) for cell in block]
 
 
-def measure_row_on_worker(cell: Cell, base_seed: int, timed: bool = True) -> dict:
-    """``measure_row`` as a Dask task. A worker process starts with its nanny's allocator settings (Dask trims
+def measure_rows_on_worker(block: list[Cell], base_seed: int, timed: bool = True) -> list[dict]:
+    """``measure_rows`` as a Dask task. A worker process starts with its nanny's allocator settings (Dask trims
     freed memory eagerly); the timings assume the steady heap ``varbench`` sets in its own process."""
     environment.keep_freed_memory()
-    return measure_row(cell, base_seed, timed)
-
-
-def error_row(cell: Cell, base_seed: int, error: BaseException) -> dict:
-    row = measure.base_row(cell, base_seed, measure.utc_now())
-    row.update(status="error", note=f"{type(error).__name__}: {error}".replace("\n", " "))
-    return row
+    return measure_rows(block, base_seed, timed)
 
 
 def skipped_row(cell: Cell, base_seed: int, reason: str) -> dict:
@@ -68,9 +62,9 @@ def skipped_row(cell: Cell, base_seed: int, reason: str) -> dict:
     return row
 
 
-def task_key(cell: Cell) -> str:
-    """A fresh Dask key naming the cell: ``varbench-<cell_id>-<random>``."""
-    return f"varbench-{cell.cell_id}-{uuid.uuid4().hex[:12]}"
+def task_key(block: list[Cell]) -> str:
+    """A fresh Dask key naming the block by its first cell: ``varbench-<cell_id>-<random>``."""
+    return f"varbench-{block[0].cell_id}-{uuid.uuid4().hex[:12]}"
 
 
 def needs_gpu(cell: Cell) -> bool:
@@ -84,12 +78,12 @@ class LocalExecutor:
     def devices(self) -> list[str] | None:
         return None  # this machine's devices, checked by resolve_devices as always
 
-    def rows(self, cells: list[Cell], base_seed: int, *, timed: bool = True,
-             show: Callable[[Cell], None] = lambda cell: None) -> Iterator[tuple[Cell, dict]]:  # fmt: skip
-        """Yield (cell, row) for each cell in order; ``show`` names the cell being measured (progress bar)."""
-        for cell in cells:
-            show(cell)
-            yield cell, measure_row(cell, base_seed, timed)
+    def rows(self, blocks: list[list[Cell]], base_seed: int, *, timed: bool = True,
+             show: Callable[[Cell], None] = lambda cell: None) -> Iterator[list[tuple[Cell, dict]]]:  # fmt: skip
+        """Yield each block's [(cell, row), …] in order; ``show`` names the block being measured (progress bar)."""
+        for block in blocks:
+            show(block[0])
+            yield list(zip(block, measure_rows(block, base_seed, timed)))
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -164,35 +158,35 @@ class DaskExecutor:
         """What ``--device auto`` means on this cluster: cpu, and cuda when a worker declares a GPU."""
         return ["cpu", "cuda"] if self.has_gpu_worker() else ["cpu"]
 
-    def rows(self, cells: list[Cell], base_seed: int, *, timed: bool = True,
-             show: Callable[[Cell], None] = lambda cell: None) -> Iterator[tuple[Cell, dict]]:  # fmt: skip
-        """Submit every cell, yield (cell, row) as they finish, each cell exactly once; ``show`` names the cell
-        that last finished (many run at once, so there is no single one being measured)."""
+    def rows(self, blocks: list[list[Cell]], base_seed: int, *, timed: bool = True,
+             show: Callable[[Cell], None] = lambda cell: None) -> Iterator[list[tuple[Cell, dict]]]:  # fmt: skip
+        """Submit every block, yield each block's [(cell, row), …] as it finishes, each cell exactly once; ``show``
+        names the block that last finished (many run at once, so there is no single one being measured)."""
         import distributed  # noqa: PLC0415
 
         gpu_available = self.has_gpu_worker()
         futures = {}
-        for cell in cells:
-            if needs_gpu(cell) and not gpu_available:
-                yield cell, skipped_row(cell, base_seed, NO_GPU_WORKER)
+        for block in blocks:
+            if needs_gpu(block[0]) and not gpu_available:
+                yield [(cell, skipped_row(cell, base_seed, NO_GPU_WORKER)) for cell in block]
                 continue
             # A key of its own per submission: a re-run must measure again, never reuse a result the cluster
-            # still holds, and the dashboard and task stream name the cell. A cell whose worker dies is
+            # still holds, and the dashboard and task stream name the block. A block whose worker dies is
             # rescheduled by the scheduler (up to its allowed-failures) before the future errs with
-            # KilledWorker; exceptions inside the cell are already rows (measure_row).
-            future = self.client.submit(measure_row_on_worker, cell, base_seed, timed, key=task_key(cell),
-                                        resources={GPU_RESOURCE: 1} if needs_gpu(cell) else None)  # fmt: skip
-            futures[future] = cell
+            # KilledWorker; exceptions inside a cell are already rows (measure.measure_block).
+            future = self.client.submit(measure_rows_on_worker, block, base_seed, timed, key=task_key(block),
+                                        resources={GPU_RESOURCE: 1} if needs_gpu(block[0]) else None)  # fmt: skip
+            futures[future] = block
         try:
             for future in distributed.as_completed(futures):
-                cell = futures.pop(future)
+                block = futures.pop(future)
                 try:
-                    row = future.result()
+                    rows = future.result()
                 except Exception as error:  # noqa: BLE001 - KilledWorker, a lost scheduler connection, …
-                    row = error_row(cell, base_seed, error)
-                future.release()  # the row is on the client now; the cluster need not keep it
-                show(cell)
-                yield cell, row
+                    rows = [measure.error_row(cell, base_seed, error) for cell in block]
+                future.release()  # the rows are on the client now; the cluster need not keep them
+                show(block[0])
+                yield list(zip(block, rows))
         finally:
             # Interrupted (Ctrl-C) or abandoned: stop what is still queued rather than leave it to the cluster.
             if futures:

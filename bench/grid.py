@@ -72,6 +72,11 @@ class Cell:
         return "|".join(parts)
 
     @property
+    def block_key(self) -> tuple:
+        """Cells with the same key form one comparison block: their costs are measured together (bench/cost.py)."""
+        return (self.problem, self.params, self.wrt, self.n_samples, self.device, self.dtype)
+
+    @property
     def cell_id(self) -> str:
         return hashlib.sha256(self.identity.encode()).hexdigest()[:16]
 

@@ -1,25 +1,37 @@
-"""Measure one cell: replicate estimates -> bias and variance statistics, plus a warmed-up timing."""
+"""Measure cells: replicate estimates -> bias and variance statistics per cell, and the cost of every
+variant of a comparison block measured together (bench/cost.py).
+
+A comparison block is the cells that differ only in estimator variant and θ: the same (problem, parameters,
+wrt, N, device, dtype). Their statistics are measured one cell at a time; their cost once for the block, every
+variant timed beside the others and beside the device's RNG floor, and shared across θ where neither the problem
+nor the estimator declares that its work depends on θ.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import socket
 import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
-from torch.utils import benchmark
+from torch import Tensor
 
 from estimators import estimate, get_estimator
 from estimators.variance_reduction import compose
+from estimators.workload import one_thread
 from estimators.workloads import WORKLOADS, estimate_workload
 
-from . import environment
+from . import cost, environment
 from .grid import DTYPES, Cell
 from .statistics import (
     TARGET_VARIANCE_REL_SE,
+    Z95,
     EstimateSummary,
     kurtosis,
     replicates_for_relative_se,
@@ -33,13 +45,8 @@ PILOT_REPLICATES = 400
 AUTO_MIN_REPLICATES = 800  # Gaussian estimates: 5% relative s.e. of the variance needs M ≈ 800
 AUTO_MAX_REPLICATES = 20_000
 MAX_SAMPLES_PER_CELL = 1 << 24  # caps M·N for auto replicates; the achieved precision is in grad_var_rel_se
-# A timed call holds about this many samples (at least one estimate) whatever M is, so throughput is
-# comparable across cells, and calls are short enough for ~10+ timed blocks per cell.
-TIMING_SAMPLES = 1 << 18
-TIMING_MIN_RUN_TIME = 0.15  # seconds of timed blocks per cell; shorter windows gave ±2× noise on 2 cores
 # A workload's sample holds a whole data set's activations (569 patients, 100 images): 10³-10⁵ times a toy
-# problem's, so its timed calls hold fewer samples, and --replicates auto starts from 200 estimates.
-WORKLOAD_TIMING_SAMPLES = 256
+# problem's, so --replicates auto starts from 200 estimates.
 WORKLOAD_REPLICATES = 200
 WORKLOAD_MAX_REPLICATES = 2000
 
@@ -85,29 +92,6 @@ def choose_replicates(pilot: np.ndarray, n_samples: int) -> int:
     return max(min(wanted, MAX_SAMPLES_PER_CELL // n_samples), 100)
 
 
-def time_estimates(run, device: str) -> tuple[float, int]:
-    """Median seconds of ``run()`` over repeated blocks after a warm-up (torch.utils.benchmark synchronises CUDA)."""
-    run()  # warm-up: allocator, kernels, lazy initialisation
-    environment.synchronize(device)
-    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=TIMING_MIN_RUN_TIME)
-    return float(measurement.median), len(measurement.times)
-
-
-def timing_columns(draw, cell: Cell, variance: float, samples_per_call: int) -> dict:
-    """Time ``draw(R)`` with R estimates of about ``samples_per_call`` samples per call; the timing columns."""
-    timing_replicates = max(1, samples_per_call // cell.n_samples)
-    seconds, runs = time_estimates(lambda: draw(timing_replicates), cell.device)
-    seconds_per_estimate = seconds / timing_replicates
-    return dict(
-        seconds_per_estimate=seconds_per_estimate,
-        samples_per_second=cell.n_samples / seconds_per_estimate,
-        work_normalized_var=variance * seconds_per_estimate,
-        timing_replicates=timing_replicates,
-        timing_runs=runs,
-    )
-
-
 def summary_columns(summary: EstimateSummary, n_samples: int) -> dict:
     """The table columns an EstimateSummary fills (scalar and workload rows alike), with status ok."""
     return dict(
@@ -118,6 +102,7 @@ def summary_columns(summary: EstimateSummary, n_samples: int) -> dict:
         bias_z=summary.bias_z,
         bias_p_value=summary.bias_p_value,
         biased=summary.biased,
+        variance_infinite=False,
         grad_var=summary.var,
         grad_var_ci_low=summary.var_ci_low,
         grad_var_ci_high=summary.var_ci_high,
@@ -128,14 +113,67 @@ def summary_columns(summary: EstimateSummary, n_samples: int) -> dict:
     )
 
 
-def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
-    """Measure one cell and return its table row (status ok or skipped); raises on errors.
+def without_variance(row: dict, reason: str) -> None:
+    """Mark a row whose estimates have an infinite variance: its sample variance is a number, but no interval,
+    z-test or rank can rest on it."""
+    row.update(variance_infinite=True, biased=None, bias_z=None, bias_p_value=None, grad_var_ci_low=None,
+               grad_var_ci_high=None, grad_var_rel_se=None, mse=None)  # fmt: skip
+    row["note"] = "; ".join(n for n in (f"infinite variance: {reason}", row["note"]) if n)
 
-    ``timed=False`` leaves the timing columns empty: the statistics alone, for tests that need many cells fast.
-    """
+
+@dataclass
+class Measured:
+    """One cell's statistics, and what its cost measurement needs: ``draw(R)`` returns R estimates the way
+    the statistics drew them (None when the cell has no ok row to time)."""
+
+    cell: Cell
+    row: dict
+    draw: Callable[[int], Tensor] | None = None
+    values_per_sample: int = 1
+    work_depends_on_theta: bool = False
+    seconds: float = 0.0
+
+    @property
+    def cost_key(self) -> Hashable:
+        """Cells of one block with the same key share one cost measurement."""
+        variant = (self.cell.estimator, self.cell.estimator_params, self.cell.variance_reduction)
+        return (*variant, self.cell.theta if self.work_depends_on_theta else None)
+
+
+def error_row(cell: Cell, base_seed: int, error: BaseException) -> dict:
+    row = base_row(cell, base_seed, utc_now())
+    row.update(status="error", note=f"{type(error).__name__}: {error}".replace("\n", " "))
+    return row
+
+
+def measure_block(cells: list[Cell], base_seed: int, *, timed: bool = True) -> list[dict]:
+    """Rows for cells of one comparison block (``Cell.block_key``): each cell's statistics, then, when
+    ``timed``, one cost measurement for the block. A cell that raises becomes an error row; the others go on."""
+    measured = []
+    for cell in cells:
+        started = time.perf_counter()
+        try:
+            result = measure_statistics(cell, base_seed)
+        except Exception as error:  # one bad cell must not cost the others; it is recorded and retried later
+            result = Measured(cell, error_row(cell, base_seed, error))
+        result.seconds = time.perf_counter() - started
+        measured.append(result)
+    if timed:
+        add_costs([m for m in measured if m.draw is not None], base_seed)
+    for m in measured:
+        m.row["elapsed_s"] = m.seconds + (m.row.get("cost_time_s") or 0.0)
+    return [m.row for m in measured]
+
+
+def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
+    """One cell's row (a block of one): its statistics and, when ``timed``, its cost beside the RNG floor."""
+    return measure_block([cell], base_seed, timed=timed)[0]
+
+
+def measure_statistics(cell: Cell, base_seed: int) -> Measured:
+    """The cell's statistics (status ok or skipped); raises on errors."""
     if cell.problem in WORKLOADS:
-        return measure_workload_cell(cell, base_seed, timed=timed)
-    started = time.perf_counter()
+        return measure_workload_statistics(cell, base_seed)
     row = base_row(cell, base_seed, utc_now())
     problem = cell.build_problem()
     estimator = get_estimator(cell.estimator)
@@ -147,8 +185,8 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
     options = dict(cell.estimator_params)
     reason = compose(cell.variance_reduction, estimator, problem, cell.n_samples)
     if isinstance(reason, str):
-        row.update(status="skipped", note=reason, elapsed_s=time.perf_counter() - started)
-        return row
+        row.update(status="skipped", note=reason)
+        return Measured(cell, row)
 
     def draw(replicates: int) -> torch.Tensor:
         return estimate(estimator, problem, cell.theta, cell.n_samples, replicates,
@@ -177,9 +215,8 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
             status="skipped",
             note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of {estimates.size} estimates are "
             "NaN or ±inf, too few finite ones for statistics",
-            elapsed_s=time.perf_counter() - started,
         )
-        return row
+        return Measured(cell, row)
     if finite.size < estimates.size:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
     summary = summarize(finite, row["true_grad"], eps=torch.finfo(DTYPES[cell.dtype]).eps, true_grad_se=row["true_grad_se"])
@@ -190,14 +227,21 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
         grad_norm_var=float(np.var(np.abs(finite), ddof=1)),
         objective=_objective(problem, cell.theta),
     )
-    if timed:
-        row.update(timing_columns(draw, cell, summary.var, TIMING_SAMPLES))
-    row["elapsed_s"] = time.perf_counter() - started
     notes = [row["note"], problem.heavy_tail_warning(cell.theta), variance_interval_caveat(summary.kurtosis)]
     if not math.isfinite(row["bias_z"]):
         notes.append("estimates are constant")
     row["note"] = "; ".join(n for n in notes if n)
-    return row
+    infinite = problem.infinite_variance(cell.theta)
+    if infinite and summary.var > 0:  # constant estimates (naive when θ only moves p) have no variance to lose
+        without_variance(row, infinite)
+    return Measured(cell, row, draw, values_per_sample=_values_per_sample(problem.example_distribution()),
+                    work_depends_on_theta=problem.work_depends_on_theta or get_estimator(cell.estimator).work_depends_on_theta)  # fmt: skip
+
+
+def _values_per_sample(distribution) -> int:
+    """Random values one sample of one replicate holds (1 for a scalar θ, D for a D-dimensional Gaussian, a
+    workload's whole latent configuration); ``distribution`` is built for one replicate."""
+    return max(1, distribution.sample().numel())
 
 
 REFERENCE_SAMPLES = 1 << 22
@@ -229,10 +273,9 @@ def _objective(problem, theta: float) -> float | None:
     return None if problem.objective is None else float(problem.objective(theta))
 
 
-def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
-    """Measure one workload cell: M estimates of the whole gradient vector at the checkpoint θ = training step,
-    summarised over coordinates (``statistics.summarize_vector``) against the workload's ground truth."""
-    started = time.perf_counter()
+def measure_workload_statistics(cell: Cell, base_seed: int) -> Measured:
+    """Statistics of one workload cell: M estimates of the whole gradient vector at the checkpoint θ = training
+    step, summarised over coordinates (``statistics.summarize_vector``) against the workload's ground truth."""
     row = base_row(cell, base_seed, utc_now())
     workload = WORKLOADS[cell.problem]
     step = workload.check_step(cell.theta)
@@ -246,8 +289,8 @@ def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> 
     truth, truth_error = workload.exact_gradient(step)
     row.update(true_grad=float(truth.norm()), true_grad_se=float(truth_error.norm()), objective=workload.objective(step))
     if reason:
-        row.update(status="skipped", note=reason, elapsed_s=time.perf_counter() - started)
-        return row
+        row.update(status="skipped", note=reason)
+        return Measured(cell, row)
     dtype = DTYPES[cell.dtype]
 
     def draw(replicates: int) -> torch.Tensor:
@@ -274,8 +317,8 @@ def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> 
     row["n_nonfinite"] = int((~finite_rows).sum())
     if finite_rows.sum() < 5:
         row.update(status="skipped", note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of "
-                   f"{replicates} estimates have NaN or ±inf coordinates", elapsed_s=time.perf_counter() - started)  # fmt: skip
-        return row
+                   f"{replicates} estimates have NaN or ±inf coordinates")  # fmt: skip
+        return Measured(cell, row)
     unresolved = None
     if workload.unresolved_by_sampling is not None:
         unresolved = workload.unresolved_by_sampling(step, replicates * cell.n_samples).numpy()
@@ -297,8 +340,105 @@ def measure_workload_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> 
         )
     if summary.biased:
         notes.append(f"largest bias at coordinate {vector.worst_coordinate} of {vector.n_params}")
-    if timed:
-        row.update(timing_columns(draw, cell, summary.var, WORKLOAD_TIMING_SAMPLES))
     row["note"] = "; ".join(notes)
-    row["elapsed_s"] = time.perf_counter() - started
-    return row
+    problem = workload.problem(step)
+    phi = workload.parameters(step)[None].to(dtype)
+    # A checkpoint is a different model: its cost is its own.
+    return Measured(cell, row, draw, values_per_sample=_values_per_sample(problem.distribution(workload.to_theta(phi))),
+                    work_depends_on_theta=True)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cost: every variant of a block timed together (bench/cost.py)
+
+
+def _floor(values: int, device: str, dtype: torch.dtype) -> Callable[[], Tensor]:
+    return lambda: torch.randn(values, device=device, dtype=dtype)
+
+
+def add_costs(measured: list[Measured], base_seed: int) -> None:
+    """Time the cells of one block together and fill their cost columns (one measurement per cost key).
+
+    Calls hold about cost.TIMING_SAMPLES random values, the same number of replicates for every variant, fewer
+    when the block's slowest round would not fit cost.MIN_ROUNDS rounds into cost.BLOCK_BUDGET_S."""
+    if not measured:
+        return
+    started = time.perf_counter()
+    first = measured[0].cell
+    device, dtype, n = first.device, DTYPES[first.dtype], first.n_samples
+    units: dict[Hashable, Measured] = {}
+    for m in measured:
+        units.setdefault(m.cost_key, m)
+    values_per_sample = max(m.values_per_sample for m in units.values())
+    replicates = max(1, cost.TIMING_SAMPLES // (n * values_per_sample))
+    failed: dict[Hashable, BaseException] = {}
+    with one_thread() if torch.device(device).type == "cpu" else contextlib.nullcontext():
+        for attempt in range(2):
+            calls = {key: _call(m.draw, replicates) for key, m in units.items() if key not in failed}
+            floor = _floor(replicates * n * values_per_sample, device, dtype)
+            round_seconds = _warm_up(calls, floor, device, failed)
+            calls = {key: call for key, call in calls.items() if key not in failed}
+            squeeze = round_seconds * cost.MIN_ROUNDS / cost.BLOCK_BUDGET_S
+            if attempt or squeeze <= 1 or replicates == 1:
+                break
+            replicates = max(1, int(replicates / squeeze))
+        seed = first.seed(base_seed)
+        costs, floor_seconds, _ = cost.time_block(calls, floor, device, seed=seed) if calls else ({}, math.nan, 0)
+    spent = time.perf_counter() - started
+    timed = max(1, sum(m.cost_key in costs for m in measured))
+    for m in measured:
+        if m.cost_key in failed:
+            error = failed[m.cost_key]
+            m.row.update(status="error", note=f"cost measurement failed: {type(error).__name__}: {error}".replace("\n", " "))
+            continue
+        c = costs[m.cost_key]
+        m.row.update(_cost_columns(m.row, c, replicates, floor_seconds / (replicates * n * values_per_sample),
+                                   cost_clock="wall_synchronized" if torch.device(device).type == "cuda" else "process_cpu",
+                                   cost_time_s=spent / timed))  # fmt: skip
+
+
+def _call(draw: Callable[[int], Tensor], replicates: int) -> Callable[[], Tensor]:
+    return lambda: draw(replicates)
+
+
+def _warm_up(calls: dict, floor: Callable[[], Tensor], device: str, failed: dict) -> float:
+    """Call everything once (allocator growth, lazy initialisation, a control variate's training); the seconds
+    one round takes. A variant whose call raises is moved to ``failed``."""
+    clock = cost.call_clock(device)
+    total = clock(floor)
+    for key, call in calls.items():
+        try:
+            total += clock(call)
+        except Exception as error:  # noqa: BLE001 - recorded on the variant's rows
+            failed[key] = error
+    return total
+
+
+def _cost_columns(row: dict, c: cost.Cost, replicates: int, floor_per_value: float, **extra) -> dict:
+    """Cost columns of one row from its variant's Cost; the work-normalised variance's interval combines the
+    variance's and the cost's on the log scale."""
+    n = row["n_samples"]
+    columns = dict(
+        seconds_per_estimate=c.seconds / replicates,
+        seconds_per_estimate_ci_low=c.seconds_low / replicates,
+        seconds_per_estimate_ci_high=c.seconds_high / replicates,
+        samples_per_second=n * replicates / c.seconds if c.seconds > 0 else math.inf,
+        relative_cost=c.relative,
+        relative_cost_ci_low=c.relative_low,
+        relative_cost_ci_high=c.relative_high,
+        floor_seconds_per_sample=floor_per_value,
+        timing_replicates=replicates,
+        cost_rounds=c.rounds,
+        **extra,
+    )
+    if row.get("status") == "ok" and not row.get("variance_infinite"):
+        work = row["grad_var"] * n * c.relative
+        low, high = row["grad_var_ci_low"], row["grad_var_ci_high"]
+        if work > 0 and low > 0:
+            se = math.hypot(cost.interval_log_se(low, high), c.log_se)
+            columns.update(work_normalized_var=work, work_normalized_var_ci_low=work * math.exp(-Z95 * se),
+                           work_normalized_var_ci_high=work * math.exp(Z95 * se))  # fmt: skip
+        else:
+            columns.update(work_normalized_var=work, work_normalized_var_ci_low=0.0,
+                           work_normalized_var_ci_high=row["grad_var_ci_high"] * n * c.relative_high)  # fmt: skip
+    return columns

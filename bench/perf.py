@@ -14,6 +14,7 @@ import math
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,32 @@ def measure_memory(name: str, case: tuple, n: int, m: int, device: str, budget: 
 # The benchmark
 
 
+# The grid whose wall time the block-wise cost measurement was built to cut: cells per second and the share of
+# the time spent timing, against the statistics' share (docs/performance.md compares it with earlier versions).
+SWEEP_GRID = (("seed_dependent",), (0.5, 1.0, 2.0, 3.0),
+              ("naive", "score_function", "score_function_loo", "pathwise", "measure_valued"), (1, 10, 100))  # fmt: skip
+
+
+def sweep_speed(out: Path, grid: tuple = SWEEP_GRID) -> dict:
+    """Measure ``grid`` (problems, θ, estimators, N) as ``varbench run`` does into a fresh ``out`` folder: wall
+    time, cells per second, the share of the cells' time spent measuring cost, and the median relative standard
+    error of the variance (the precision the time bought)."""
+    from . import sweep  # noqa: PLC0415 - the sweep machinery is only needed here
+    from .grid import Sweep, expand  # noqa: PLC0415
+    from .table import load_table  # noqa: PLC0415
+
+    problems, thetas, estimators, ns = grid
+    cells = expand([Sweep(problem, thetas=thetas, estimators=estimators, n_samples=ns) for problem in problems])
+    started = time.perf_counter()
+    sweep.run_cells(cells, out, base_seed=0, progress=False)
+    wall = time.perf_counter() - started
+    table = load_table(out / "table.csv")
+    ok = table[table["status"] == "ok"]
+    return dict(cells=len(cells), wall_s=wall, cells_per_second=len(cells) / wall,
+                timing_share=float(ok["cost_time_s"].sum() / ok["elapsed_s"].sum()),
+                median_grad_var_rel_se=float(ok["grad_var_rel_se"].median()))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class PerfConfig:
     devices: tuple[str, ...] = ("cpu",)
@@ -176,6 +203,8 @@ class PerfConfig:
     memory_cells: tuple[tuple[int, int], ...] = ((1000, 10_000), (1000, 100_000))
     billion: bool = True
     min_run_time: float = 0.3  # seconds of timed blocks per measurement
+    # The sweep section: this grid measured end to end (statistics and cost), on the CPU.
+    sweep: tuple = SWEEP_GRID
 
 
 def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd.DataFrame:
@@ -242,6 +271,18 @@ def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd
                     target=LOOP_TARGET if at_target_point else None,
                     meets_target=(vec / loop >= LOOP_TARGET) if at_target_point else None,
                     note=f"vectorised {vec:.3g} samples/s, loop {loop:.3g} samples/s")  # fmt: skip
+
+        if device == "cpu" and config.sweep:
+            progress("[cpu] a sweep end to end: cells per second and the share of time spent timing")
+            with tempfile.TemporaryDirectory() as folder:
+                speed = sweep_speed(Path(folder), config.sweep)
+            what = f"{speed['cells']} cells of {', '.join(config.sweep[0])}, θ × estimators × N = " \
+                   f"{len(config.sweep[1])} × {len(config.sweep[2])} × {len(config.sweep[3])}"  # fmt: skip
+            for metric, note in (("cells_per_second", f"{what}; {speed['wall_s']:.1f} s wall time"),
+                                 ("timing_share", "cost measurement's share of the cells' time (the rest: statistics)"),
+                                 ("median_grad_var_rel_se", "median relative standard error of the variance")):  # fmt: skip
+                add(section="sweep", **common, problem=", ".join(config.sweep[0]), estimator="", n_samples=None,
+                    n_replicates=None, metric=metric, value=speed[metric], note=note)  # fmt: skip
 
         progress(f"[{device}] memory per cell")
         cells = [(m, n, DEFAULT_MEMORY_BUDGET) for m, n in config.memory_cells]
@@ -314,6 +355,13 @@ def write_perf_report(out: Path) -> Path:
                   "", "| M | N | peak memory | detail |", "|---|---|---|---|"]  # fmt: skip
         for r in rows[rows["section"] == "memory"].itertuples():
             lines.append(f"| {r.n_replicates} | {r.n_samples:g} | {_fmt_bytes(r.value)} | {r.note} |")
+        sweep_rows = rows[rows["section"] == "sweep"].set_index("metric")
+        if len(sweep_rows):
+            lines += ["", "### A sweep end to end", "",
+                      f"{sweep_rows.loc['cells_per_second', 'note']}: **{sweep_rows.loc['cells_per_second', 'value']:.3g} "
+                      f"cells per second**, {100 * sweep_rows.loc['timing_share', 'value']:.0f}% of the cells' time "
+                      "spent measuring cost (the rest on their statistics), at a median relative standard error of "
+                      f"the variance of {sweep_rows.loc['median_grad_var_rel_se', 'value']:.3g}."]  # fmt: skip
         lines += ["", "### Cost relative to pathwise (same problem, N = 1000)", "",
                   "| problem | estimator | time / pathwise's | detail |", "|---|---|---|---|"]  # fmt: skip
         for r in rows[rows["section"] == "relative_cost"].itertuples():

@@ -45,9 +45,10 @@ def _cell_key(cell: Cell, base_seed: int) -> tuple:
 
 def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: bool = True,
               executor: LocalExecutor | DaskExecutor | None = None, timed: bool = True) -> SweepOutcome:  # fmt: skip
-    """Measure every cell not already in ``out_dir/table.csv``, appending one row per finished cell.
+    """Measure every cell not already in ``out_dir/table.csv``, appending one row per cell as its comparison
+    block finishes (an interrupted block is measured again on the next run, to the same statistics).
 
-    ``executor``: where cells run (default: in this process; see bench/executors.py). Wherever they run, rows
+    ``executor``: where blocks run (default: in this process; see bench/executors.py). Wherever they run, rows
     come back here and are appended by this process alone, in the order they finish. ``timed=False`` leaves
     the timing columns empty (tests that only need the statistics).
     """
@@ -62,15 +63,24 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
                dynamic_ncols=True, mininterval=interval)  # fmt: skip
 
     def show(cell: Cell) -> None:
-        bar.set_postfix_str(f"{cell.problem} {cell.method} N={cell.n_samples}", refresh=False)
+        bar.set_postfix_str(f"{cell.problem} N={cell.n_samples}", refresh=False)
 
     written: set[Cell] = set()
     with bar:
-        for cell, row in (executor or LocalExecutor()).rows(todo, base_seed, timed=timed, show=show):
-            if cell in written:  # an executor bug must not become a duplicate row
-                raise RuntimeError(f"executor returned cell {cell.cell_id} ({cell.method}) twice")
-            written.add(cell)
-            errors += row["status"] == "error"
-            append_row(table, row)
-            bar.update(1)
+        for block in (executor or LocalExecutor()).rows(comparison_blocks(todo), base_seed, timed=timed, show=show):
+            for cell, row in block:
+                if cell in written:  # an executor bug must not become a duplicate row
+                    raise RuntimeError(f"executor returned cell {cell.cell_id} ({cell.method}) twice")
+                written.add(cell)
+                errors += row["status"] == "error"
+                append_row(table, row)
+            bar.update(len(block))
     return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors)
+
+
+def comparison_blocks(cells: list[Cell]) -> list[list[Cell]]:
+    """``cells`` grouped by ``Cell.block_key`` (the cells whose costs are measured together), in first-seen order."""
+    blocks: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        blocks.setdefault(cell.block_key, []).append(cell)
+    return list(blocks.values())

@@ -36,8 +36,9 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("bias_se", "float", "standard error of grad_mean: sqrt(grad_var / M) (workloads: sqrt(Σ_j se_j²))"),
     ("bias_z", "float", "bias / sqrt(bias_se² + true_grad_se² + rounding²); ~N(0, 1) for an unbiased estimator (±inf if the estimates are constant and wrong); workloads: the per-coordinate z of largest magnitude"),
     ("bias_p_value", "float", "two-sided p-value of bias_z (workloads: Bonferroni-corrected over the n_params coordinates)"),
-    ("biased", "bool", "bias_p_value < 0.001: the estimator is measurably biased on this cell"),
+    ("biased", "bool", "bias_p_value < 0.001: the estimator is measurably biased on this cell; empty when there is no verdict (variance_infinite)"),
     ("expected_unbiased", "bool", "whether theory says the estimator is unbiased on this problem"),
+    ("variance_infinite", "bool", "the problem declares the estimates' second moment infinite at this θ (see note): grad_var is the sample value of an infinite quantity, and bias_z, bias_p_value, biased and the variance interval are empty"),
     ("grad_var", "float", "sample variance (ddof=1) of the M estimates = variance of an N-sample estimate (workloads: the mean per-coordinate variance tr(Σ)/n_params)"),
     ("grad_var_ci_low", "float", "lower end of the 95% interval for grad_var (Bonett 2006, kurtosis-adjusted; workloads: log-normal from the replicates' squared deviations)"),
     ("grad_var_ci_high", "float", "upper end of that interval"),
@@ -51,11 +52,21 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("true_grad_se", "float", "error of the ground truth itself: 0 for a closed form; quadrature error bound (bayes_logreg), float64 rounding (discrete_vae), or the reference estimate's standard error for a user problem without an exact gradient"),
     ("objective", "float", "value of the objective L(θ) at the cell (the ELBO at the checkpoint for workloads); empty when unknown"),
     ("n_nonfinite", "int", "estimates that were NaN or ±inf (excluded from the statistics)"),
-    ("seconds_per_estimate", "float", "median wall time of one vectorised call / replicates in that call (warmed up, device synchronised)"),
+    ("seconds_per_estimate", "float", "cost of one estimate: median over the block's timing rounds of one call's time / timing_replicates (see cost_clock); empty when the cost was not measured"),
+    ("seconds_per_estimate_ci_low", "float", "lower end of the 95% percentile-bootstrap interval of seconds_per_estimate over the rounds"),
+    ("seconds_per_estimate_ci_high", "float", "upper end of that interval"),
     ("samples_per_second", "float", "n_samples / seconds_per_estimate"),
-    ("work_normalized_var", "float", "grad_var × seconds_per_estimate (Glynn–Whitt efficiency; lower is better)"),
-    ("timing_replicates", "int", "replicates per timed call"),
-    ("timing_runs", "int", "timed calls behind the median"),
+    ("relative_cost", "float", "time per sample relative to the device's RNG floor: median over rounds of (call time / time of torch.randn drawing the same number of random values, timed in the same round); what the machine does to both calls cancels"),
+    ("relative_cost_ci_low", "float", "lower end of the 95% percentile-bootstrap interval of relative_cost over the rounds"),
+    ("relative_cost_ci_high", "float", "upper end of that interval"),
+    ("work_normalized_var", "float", "grad_var × n_samples × relative_cost: variance of an estimate times its cost, the cost in units of the RNG floor's time per sample (Glynn–Whitt efficiency; lower is better); × floor_seconds_per_sample gives variance × seconds"),
+    ("work_normalized_var_ci_low", "float", "lower end of its 95% interval: grad_var's and relative_cost's intervals combined on the log scale"),
+    ("work_normalized_var_ci_high", "float", "upper end of that interval"),
+    ("floor_seconds_per_sample", "float", "the block's RNG floor: median seconds per random value of torch.randn on the cell's device and dtype, same clock"),
+    ("cost_clock", "str", "process_cpu (cpu: CPU time of this process, one intra-op thread, so a competing process cannot stretch it) or wall_synchronized (cuda: wall time, device synchronised)"),
+    ("timing_replicates", "int", "replicates per timed call, the same for every variant of the comparison block (about 2^17 random values per call)"),
+    ("cost_rounds", "int", "timing rounds behind the medians: each round times every variant of the block and the floor once, in a shuffled order"),
+    ("cost_time_s", "float", "wall time of the block's cost measurement charged to this cell (the block's total over the cells it timed)"),
     ("seed", "int", "torch seed of this cell: a hash of (base seed, cell), so the cell re-runs alone to the same numbers"),
     ("base_seed", "int", "the sweep's --seed"),
     ("torch_version", "str", "torch.__version__"),
@@ -63,10 +74,11 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("git_sha", "str", "commit of varbench that produced the row (+ '-dirty' with uncommitted changes)"),
     ("hostname", "str", "machine that produced the row"),
     ("started_at", "str", "UTC time the cell started (ISO 8601)"),
-    ("elapsed_s", "float", "wall time spent on the cell, pilot and timing included"),
+    ("elapsed_s", "float", "wall time spent on the cell: its statistics (pilot included) plus cost_time_s"),
 ]
 COLUMNS = [name for name, _, _ in SCHEMA]
 _TYPES = {name: kind for name, kind, _ in SCHEMA}
+BOOL_COLUMNS = [name for name, kind, _ in SCHEMA if kind == "bool"]
 TABLE_NAME = "table.csv"
 
 
@@ -154,8 +166,10 @@ def load_table(path: Path) -> pd.DataFrame:
             f"results table {path} is corrupt: status {frame['status'][bad_status].iloc[0]!r} on line "
             f"{int(bad_status.idxmax()) + 2}; allowed: ok, skipped, error"
         )
-    for column in ("biased", "expected_unbiased"):
-        frame[column] = frame[column].astype(str).str.lower().map({"true": True, "false": False})
+    for column in BOOL_COLUMNS:
+        # True, False, or None where the table holds no verdict (never NaN, which is truthy).
+        flags = frame[column].astype(str).str.lower().map({"true": True, "false": False}).astype(object)
+        frame[column] = flags.where(flags.notna(), None)
     frame["note"] = frame["note"].fillna("")
     return frame
 

@@ -32,4 +32,4 @@ def test_a_cuda_cell_records_the_gpu_and_a_synchronised_timing():
     row = measure_cell(Cell("gaussian_cos", (("k", 1.0), ("sigma", 1.0)), "mu", 1.0, "pathwise", 100, "cuda"), 0)
     assert row["status"] == "ok" and row["device"] == "cuda"
     assert row["device_name"] == torch.cuda.get_device_name(0)
-    assert row["seconds_per_estimate"] > 0 and row["timing_runs"] >= 1
+    assert row["seconds_per_estimate"] > 0 and row["cost_rounds"] >= 1

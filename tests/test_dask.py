@@ -26,8 +26,8 @@ STATISTICAL = ["status", "n_replicates", "seed", "true_grad", "grad_mean", "bias
                "grad_var_ci_high", "kurtosis", "bias_z"]  # fmt: skip
 SMALL = Sweep("seed_dependent", thetas=(1.0, 3.0), estimators=("pathwise", "score_function", "measure_valued"),
               n_samples=(10, 1000), replicates=200)  # fmt: skip
-# Timed cells take ~0.3 s each, so the sweep is still running when a worker dies.
-KILL_SWEEP = Sweep("seed_dependent", thetas=(0.0, 1.0, 2.0, 3.0), n_samples=(10,), replicates=200,
+# Six comparison blocks (one per N) of about a second each, so the sweep is still running when a worker dies.
+KILL_SWEEP = Sweep("seed_dependent", thetas=(0.0, 1.0, 2.0, 3.0), n_samples=(10, 20, 30, 40, 50, 60), replicates=200,
                    estimators=("pathwise", "score_function", "measure_valued"))  # fmt: skip
 SWEEP_TIMEOUT_S = 120  # a sweep that has not finished by then has hung; the test fails instead of CI hanging
 
@@ -161,9 +161,11 @@ def test_cuda_cells_go_only_to_the_worker_declaring_a_gpu(cluster, client, tmp_p
     finally:
         gpu_host.terminate()
         gpu_host.wait(timeout=60)
+    # A task's key names its comparison block's first cell; the cuda cells form one block.
     ran_on = {record["key"].split("-")[1]: record["worker"] for record in stream.data}
-    cuda_cells = {cell.cell_id for cell in cells if cell.device == "cuda"}
-    assert len(cuda_cells) == 4 and {ran_on[cell_id] for cell_id in cuda_cells} == gpu_workers
+    cuda_cells = [cell for cell in cells if cell.device == "cuda"]
+    assert len(cuda_cells) == 4 and ran_on[cuda_cells[0].cell_id] in gpu_workers
+    assert not {cell.cell_id for cell in cuda_cells[1:]} & set(ran_on)
     table = load_table(outcome.table)
     assert table["cell_id"].is_unique and len(table) == len(cells)
     cuda_rows = table[table["device"] == "cuda"]

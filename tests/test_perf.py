@@ -34,11 +34,12 @@ def test_memory_probe_runs_a_cell_in_a_fresh_process_and_reports_its_statistics(
 
 def test_perf_run_writes_every_section_and_a_report(tmp_path):
     config = perf.PerfConfig(floor_samples=1 << 14, loop_ns=(10, 1000), loop_replicates=20,
-                             memory_cells=((10, 100),), billion=False, min_run_time=0.01)  # fmt: skip
+                             memory_cells=((10, 100),), billion=False, min_run_time=0.01,
+                             sweep=(("seed_fixed",), (1.0, 2.0), ("pathwise", "score_function"), (10,)))  # fmt: skip
     table = perf.run_perf(tmp_path, config, progress=lambda message: None)
     on_disk = pd.read_csv(tmp_path / "perf.csv")
     assert len(on_disk) == len(table) and list(on_disk.columns) == perf.COLUMNS
-    sections = {"floor", "relative_cost", "loop", "memory"}
+    sections = {"floor", "relative_cost", "loop", "memory", "sweep"}
     if torch.get_num_threads() > 1:  # the same ratio on one thread, for the pathwise and score-function rows
         sections.add("floor_one_thread")
         alone = table[table["section"] == "floor_one_thread"]
@@ -50,5 +51,8 @@ def test_perf_run_writes_every_section_and_a_report(tmp_path):
     assert set(targets["estimator"]) == set(perf.FLOOR_ESTIMATORS)
     assert set(targets[targets["section"] == "loop"]["n_samples"]) == {1000}
     report = perf.write_perf_report(tmp_path).read_text()
-    for heading in ("RNG floor", "| 1 thread |", "Python loop", "Memory per cell", "Cost relative to pathwise", "## Targets"):
+    for heading in ("RNG floor", "| 1 thread |", "Python loop", "Memory per cell", "Cost relative to pathwise", "## Targets",
+                    "cells per second"):
         assert heading in report
+    sweep = table[table["section"] == "sweep"].set_index("metric")["value"]
+    assert 0 < sweep["timing_share"] < 1 and sweep["cells_per_second"] > 0
