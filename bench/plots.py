@@ -12,18 +12,42 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from estimators import ESTIMATORS  # noqa: E402
+import hashlib  # noqa: E402
+import colorsys  # noqa: E402
 
 from .statistics import Z95  # noqa: E402
 
-# colorblind has 10 colours; more estimators continue with husl instead of cycling (two estimators sharing a colour).
-_PALETTE = dict(zip(ESTIMATORS, sns.color_palette("colorblind") + sns.color_palette("husl", max(len(ESTIMATORS) - 10, 1))))
+# Colours are fixed per estimator name, so adding an estimator never recolours the others; any other name (a
+# user's estimator) gets a hue from a hash of its name.
+_NAMED_COLOURS = dict(zip(
+    ["pathwise", "score_function", "score_function_loo", "measure_valued", "naive", "arm", "disarm", "gumbel_softmax",
+     "straight_through", "rebar", "relax", "finite_difference", "pyro_trace_elbo", "pyro_tracegraph_elbo",
+     "pyro_tracegraph_elbo_avg_baseline", "storch_reparameterization", "storch_score_function"],
+    sns.color_palette("colorblind", 10) + sns.color_palette("dark", 7),
+))  # fmt: skip
+BIASED_COLOUR = (0.55, 0.55, 0.55)
 
 
-def _colour(method: str):
-    # A variant (gumbel_softmax[temperature=0.5]+antithetic) keeps its base estimator's colour.
+def colour(method: str) -> tuple[float, float, float]:
+    """The colour of an estimator in every figure; a variant (gumbel_softmax[temperature=0.5]+antithetic) keeps
+    its base estimator's."""
     base = method.split("[")[0].split("+")[0]
-    return _PALETTE.get(base, (0.3, 0.3, 0.3))
+    if base in _NAMED_COLOURS:
+        return tuple(_NAMED_COLOURS[base])
+    hue = int.from_bytes(hashlib.sha256(base.encode()).digest()[:4], "big") / 2**32
+    return colorsys.hls_to_rgb(hue, 0.45, 0.75)
+
+
+def _biased(rows: pd.DataFrame) -> bool:
+    return bool(rows["expected_unbiased"].eq(False).any() or rows["biased"].eq(True).any())
+
+
+def _style(estimator: str, rows: pd.DataFrame) -> dict:
+    """Line style of one estimator's rows: its colour, or grey and dashed with '(biased)' when it is biased in
+    theory or measurably biased in any of them (a low variance does not buy the right gradient)."""
+    if _biased(rows):
+        return dict(color=BIASED_COLOUR, ls="--", label=f"{estimator} (biased)")
+    return dict(color=colour(estimator), ls="-", label=estimator)
 
 
 def _save(fig, path: Path) -> Path:
@@ -39,8 +63,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def _positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    # Zero variance (e.g. naive autograd when θ only enters p: it returns 0 every time) has no log position.
-    return frame[frame[column] > 0]
+    # Zero variance (e.g. naive autograd when θ only enters p: it returns 0 every time) has no log position, and
+    # an infinite one no finite position at all.
+    return frame[(frame[column] > 0) & ~frame["variance_infinite"].eq(True)]
 
 
 def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
@@ -52,11 +77,11 @@ def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
         for estimator, rows in at_theta.groupby("estimator", sort=False):
             rows = rows.sort_values("n_samples")
             err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
-            ax.errorbar(rows["n_samples"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3,
-                        color=_colour(estimator), label=estimator)  # fmt: skip
+            style = _style(estimator, group[group["estimator"] == estimator])
+            ax.errorbar(rows["n_samples"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3, **style)
             first = rows.iloc[0]
             ns = rows["n_samples"].to_numpy(dtype=float)
-            ax.plot(ns, first["grad_var"] * first["n_samples"] / ns, ls=":", lw=1, color=_colour(estimator))
+            ax.plot(ns, first["grad_var"] * first["n_samples"] / ns, ls=":", lw=1, color=style["color"])
         ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)", title=f"θ = {theta:g}")
     axes[0][0].set_ylabel("variance of the estimate")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -75,8 +100,7 @@ def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) 
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values(x)
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
-                    color=_colour(estimator), label=estimator)  # fmt: skip
+        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3, **_style(estimator, rows))
     label = "θ" if x == "theta" else x
     ax.set(yscale="log", xlabel=label, ylabel=f"per-sample variance (N = {n_max})")
     ax.legend(fontsize=8)
@@ -93,8 +117,7 @@ def variance_vs_dimension(group: pd.DataFrame, title: str, path: Path) -> Path:
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values("dim")
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows["dim"], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3,
-                    color=_colour(estimator), label=estimator)  # fmt: skip
+        ax.errorbar(rows["dim"], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3, **_style(estimator, rows))
     dims = np.sort(rows_all["dim"].unique()).astype(float)
     anchor = rows_all[rows_all["dim"] == dims[0]]["per_sample_var"].max() if len(dims) else np.nan
     for power, style in ((1, ":"), (2, "--")):
@@ -108,9 +131,10 @@ def variance_vs_dimension(group: pd.DataFrame, title: str, path: Path) -> Path:
 def _bias_panel(ax, rows: pd.DataFrame) -> None:
     rows = rows.reset_index(drop=True)
     for i, row in rows.iterrows():
-        colour = "tab:red" if row["biased"] else _colour(row["estimator"])
-        ax.errorbar(i, row["bias"], yerr=Z95 * row["bias_se"], marker="o", capsize=4, color=colour)
-        if row["biased"]:
+        flagged = row["biased"] is True
+        ax.errorbar(i, row["bias"], yerr=Z95 * row["bias_se"], marker="o", capsize=4,
+                    color="tab:red" if flagged else colour(row["estimator"]))  # fmt: skip
+        if flagged:
             ax.annotate(f"BIASED {row['bias']:.3g}", (i, row["bias"]), textcoords="offset points", xytext=(5, 5),
                         color="tab:red", fontsize=8, weight="bold")  # fmt: skip
     ax.axhline(0, color="black", lw=0.8)
@@ -126,7 +150,7 @@ def bias(group: pd.DataFrame, title: str, path: Path) -> Path:
     n_max = group["n_samples"].max()
     rows = group[group["n_samples"] == n_max].sort_values(["theta", "estimator"])
     thetas = sorted(rows["theta"].unique())
-    zoom = bool(rows["biased"].astype(bool).any())
+    zoom = bool(rows["biased"].eq(True).any())
     fig, axes = plt.subplots(1 + zoom, len(thetas), figsize=(3.6 * len(thetas) + 0.8, 3.8 * (1 + zoom)),
                              squeeze=False, layout="constrained")  # fmt: skip
     for column, theta in enumerate(thetas):
@@ -134,23 +158,28 @@ def bias(group: pd.DataFrame, title: str, path: Path) -> Path:
         _bias_panel(axes[0][column], at_theta)
         axes[0][column].set_title(f"θ = {theta:g}", fontsize=9)
         if zoom:
-            _bias_panel(axes[1][column], at_theta[~at_theta["biased"].astype(bool)])
+            _bias_panel(axes[1][column], at_theta[~at_theta["biased"].eq(True)])
             axes[1][column].set_title(f"θ = {theta:g}, estimators not flagged biased", fontsize=9)
     axes[0][0].set_ylabel(f"bias = mean − exact (N = {n_max}), 95% CI")
     fig.suptitle(f"{title}: bias", fontsize=10)
     return _save(fig, path)
 
 
-def throughput(group: pd.DataFrame, title: str, path: Path) -> Path:
-    """Samples per second vs N (log–log), median over θ."""
-    rows_all = group.groupby(["estimator", "n_samples"], sort=False)["samples_per_second"].median().reset_index()
+def relative_cost(group: pd.DataFrame, title: str, path: Path) -> Path:
+    """Cost per sample relative to the RNG floor against N (log x), with 95% intervals; one line per estimator
+    (θ values that share a cost measurement show it once; otherwise the median over θ)."""
+    timed = group[group["relative_cost"].notna()]
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
-    for estimator, rows in rows_all.groupby("estimator", sort=False):
-        rows = rows.sort_values("n_samples")
-        ax.plot(rows["n_samples"], rows["samples_per_second"], marker="o", color=_colour(estimator), label=estimator)
-    ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)", ylabel="samples / second")
+    for estimator, rows in timed.groupby("estimator", sort=False):
+        rows = rows.groupby("n_samples")[["relative_cost", "relative_cost_ci_low", "relative_cost_ci_high"]].median()
+        err = [rows["relative_cost"] - rows["relative_cost_ci_low"], rows["relative_cost_ci_high"] - rows["relative_cost"]]
+        ax.errorbar(rows.index, rows["relative_cost"], yerr=err, marker="o", ms=4, capsize=3,
+                    **_style(estimator, group[group["estimator"] == estimator]))  # fmt: skip
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)",
+           ylabel="time per sample / torch.randn's (95% CI; 1 = drawing the samples)")  # fmt: skip
     ax.legend(fontsize=8)
-    ax.set_title(f"{title}: throughput (vectorised over replicates)", fontsize=10)
+    ax.set_title(f"{title}: cost per sample / RNG floor's", fontsize=10)
     return _save(fig, path)
 
 
@@ -174,10 +203,10 @@ def relaxation_bias_vs_temperature(rows: pd.DataFrame, title: str, path: Path, e
         for base, group in at_theta.groupby("base", sort=True):
             group = group.sort_values("temperature")
             ax.errorbar(group["temperature"], group["bias"], yerr=Z95 * group["bias_se"], marker="o", ms=4, capsize=3,
-                        ls="none", color=_colour(base), label=f"{base} (measured, N = {group['n_samples'].iloc[0]})")  # fmt: skip
+                        ls="none", color=colour(base), label=f"{base} (measured, N = {group['n_samples'].iloc[0]})")  # fmt: skip
             if exact and (base, theta) in exact:
                 taus, biases = exact[(base, theta)]
-                ax.plot(taus, biases, ls="--", lw=1, color=_colour(base), label=f"{base} (exact)")
+                ax.plot(taus, biases, ls="--", lw=1, color=colour(base), label=f"{base} (exact)")
         ax.axhline(0, color="black", lw=0.8)
         ax.set(xscale="log", xlabel="temperature τ", title=f"θ = {theta:g}")
     axes[0][0].set_ylabel("bias = mean − exact gradient, 95% CI")
@@ -225,16 +254,14 @@ def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values("theta")
         err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
-        # Estimators biased in theory (the relaxations) are dashed: their low variance does not buy the right gradient.
-        style = "-" if rows["expected_unbiased"].astype(bool).all() else "--"
-        label = estimator if style == "-" else f"{estimator} (biased)"
-        axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3, ls=style,
-                         color=_colour(estimator), label=label)  # fmt: skip
+        style = _style(estimator, rows)
+        axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3, **style)
         timed = rows[rows["work_normalized_var"] > 0]
-        axes[1].plot(timed["theta"], timed["work_normalized_var"], marker="o", ms=4, ls=style, color=_colour(estimator),
-                     label=label)  # fmt: skip
+        err = [timed["work_normalized_var"] - timed["work_normalized_var_ci_low"],
+               timed["work_normalized_var_ci_high"] - timed["work_normalized_var"]]  # fmt: skip
+        axes[1].errorbar(timed["theta"], timed["work_normalized_var"], yerr=err, marker="o", ms=4, capsize=3, **style)
     axes[0].set(yscale="log", xlabel="training step (checkpoint)", ylabel=f"mean per-coordinate variance (N = {n_max})")
-    axes[1].set(yscale="log", xlabel="training step (checkpoint)", ylabel="variance × seconds per estimate")
+    axes[1].set(yscale="log", xlabel="training step (checkpoint)", ylabel="work-normalised variance (RNG-floor units)")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: variance along training", fontsize=10)
     return _save(fig, path)

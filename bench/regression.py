@@ -184,8 +184,15 @@ def compare_tables(
     pairs = new_ok.merge(base_ok, on="cell_id", suffixes=("_new", "_base"))
     for column in IDENTITY[1:]:
         pairs[column] = pairs[f"{column}_new"]
-    rows += _compare_variance(pairs, alpha, min_ratio)
-    rows += _compare_bias(pairs, alpha)
+    # An infinite variance has no interval and no z-test: such cells are reported, not tested.
+    infinite = pairs["variance_infinite_new"].eq(True) | pairs["variance_infinite_base"].eq(True)
+    for _, row in pairs[infinite].iterrows():
+        rows += [_identity(row) | dict(metric=metric, verdict="ok", note="infinite variance: not tested")
+                 for metric in ("variance", "bias")]  # fmt: skip
+    pairs = pairs[~infinite].infer_objects()
+    if len(pairs):
+        rows += _compare_variance(pairs, alpha, min_ratio)
+        rows += _compare_bias(pairs, alpha)
     for _, row in new_ok[~new_ok["cell_id"].isin(base_ok["cell_id"])].iterrows():
         rows.append(_identity(row) | dict(metric="cell", verdict="new", note="not in the baseline"))
     for _, row in base_ok[~base_ok["cell_id"].isin(new_ok["cell_id"])].iterrows():

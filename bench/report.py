@@ -16,22 +16,13 @@ from estimators.discrete_estimators import exact_relaxed_mean
 
 from estimators.workloads import WORKLOADS
 
-from . import environment, plots
+from . import environment, plots, verdict
+from .workload_report import choice_lines, workload_biases, workload_sections
 from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
+from .verdict import fmt
 from .table import TABLE_NAME, latest_rows, load_table
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
-# Identical-cost cells timed on a shared 2-core machine differ by up to ~1.5-2x, so a work-normalised
-# variance ratio below this is not evidence that one estimator beats the other.
-TIMING_TIE_FACTOR = 1.5
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, float) and math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    return f"{value:.{digits}g}"
 
 
 def _slug(*parts: object) -> str:
@@ -52,7 +43,9 @@ def _formula(problem: str, params_json: str, wrt: str) -> str:
 
 
 def _verdict(row: pd.Series) -> str:
-    if row["biased"]:
+    if row["variance_infinite"] is True:
+        return "no verdict: infinite variance"
+    if row["biased"] is True:
         flag = "**BIASED**"
         if row["expected_unbiased"]:
             # A note explains some of these (samples clamped by the dtype); otherwise it is a bug or a false alarm.
@@ -61,86 +54,97 @@ def _verdict(row: pd.Series) -> str:
     return "unbiased" if row["expected_unbiased"] else "biased in general; bias not detectable here"
 
 
-def _rankable(rows: pd.DataFrame) -> pd.Series:
-    # Only estimators that are unbiased in theory *and* in this measurement are recommended: naive autograd
-    # can hit the exact gradient at one θ (where the dropped term vanishes) and must still not be chosen.
-    return ~rows["biased"].astype(bool) & rows["expected_unbiased"].astype(bool)
-
-
-def _ranked(rows: pd.DataFrame) -> pd.DataFrame:
-    """Unbiased estimators by work-normalised variance, then the others (which get no rank)."""
-    rankable = _rankable(rows)
-    fair = rows[rankable].sort_values("work_normalized_var")
-    fair = fair.assign(rank=range(1, len(fair) + 1))
-    unfair = rows[~rankable].assign(rank=None)
-    return pd.concat([fair, unfair])
-
-
-def _ratio(value: float, best: float) -> float:
-    # The best estimator can be exact with zero variance (the coupled MVD pair on a cost symmetric about μ).
-    if best == 0:
-        return 1.0 if value == 0 else math.inf
-    return value / best
+def _interval(value: float, low: float, high: float, scale: float = 1.0, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{fmt(value * scale, digits)} [{fmt(low * scale, 3)}, {fmt(high * scale, 3)}]"
 
 
 def ranking_table(rows: pd.DataFrame) -> list[str]:
-    """One θ at one N: a Markdown table of estimators ranked by work-normalised variance."""
-    ranked = _ranked(rows)
-    best = ranked["work_normalized_var"].iloc[0] if ranked["rank"].notna().any() else math.nan
+    """One θ at one N: a Markdown table of estimators ranked by work-normalised variance, with the ratio to the
+    best split into its variance and cost factors (each with its 95% interval)."""
+    decided = verdict.by_cost(rows)
     lines = [
-        "| rank | estimator | mean ± 1.96·se | exact | bias verdict (z) | per-sample variance [95% CI] | µs / estimate | work-normalised variance | × best |",
-        "|---:|---|---|---:|---|---|---:|---:|---:|",
+        "| rank | estimator | mean ± 1.96·se | exact | bias verdict (z) | per-sample variance [95% CI] "
+        "| cost per sample / RNG floor [95% CI] | µs / estimate | work-normalised variance [95% CI] "
+        "| × best = variance × cost [95% CIs] |",
+        "|---:|---|---|---:|---|---|---|---:|---|---|",
     ]
-    for _, row in ranked.iterrows():
+    for row, rank, comparison in verdict.ranked(rows, decided):
         n = row["n_samples"]
-        ratio = _ratio(row["work_normalized_var"], best) if row["rank"] is not None else math.nan
         lines.append(
-            f"| {row['rank'] if row['rank'] is not None else '—'} | {row['estimator']} "
-            f"| {_fmt(row['grad_mean'])} ± {_fmt(Z95 * row['bias_se'], 2)} | {_fmt(row['true_grad'])} "
-            f"| {_verdict(row)} ({_fmt(row['bias_z'], 3)}) "
-            f"| {_fmt(row['per_sample_var'])} [{_fmt(row['grad_var_ci_low'] * n)}, {_fmt(row['grad_var_ci_high'] * n)}] "
-            f"| {_fmt(row['seconds_per_estimate'] * 1e6, 3)} | {_fmt(row['work_normalized_var'], 3)} | {_fmt(ratio, 3)} |"
+            f"| {rank} | {row['estimator']} "
+            f"| {fmt(row['grad_mean'])} ± {fmt(Z95 * row['bias_se'], 2)} | {fmt(row['true_grad'])} "
+            f"| {_verdict(row)} ({fmt(row['bias_z'], 3)}) "
+            f"| {'∞ (sample value ' + fmt(row['per_sample_var']) + ')' if row['variance_infinite'] is True else _interval(row['grad_var'], row['grad_var_ci_low'], row['grad_var_ci_high'], n)} "
+            f"| {_interval(row['relative_cost'], row['relative_cost_ci_low'], row['relative_cost_ci_high'], digits=3)} "
+            f"| {fmt(row['seconds_per_estimate'] * 1e6, 3)} "
+            f"| {_interval(row['work_normalized_var'], row['work_normalized_var_ci_low'], row['work_normalized_var_ci_high'], digits=3)} "
+            f"| {verdict.comparison_text(comparison)} |"
         )
     return lines
 
 
-ZERO_VARIANCE_FRACTION = 1e-8  # a best variance this far below the runner-up's is rounding, not noise
+def _not_recommended(rows: pd.DataFrame) -> str:
+    names = []
+    for r in rows[~verdict.rankable(rows)].itertuples():
+        if r.variance_infinite is True:
+            names.append(f"{r.estimator} (infinite variance)")
+        elif r.biased is True:
+            names.append(f"**{r.estimator}**")
+        elif not r.expected_unbiased:
+            names.append(f"{r.estimator} (bias not detectable here)")
+    return ", ".join(names) or "none"
+
+
+def _runner_up(decided: verdict.Verdict) -> str:
+    if not decided.comparisons:
+        return "—"
+    first = decided.comparisons[0]
+    return f"{first.estimator}: {verdict.comparison_text(first)}"
 
 
 def _choice_rows(ok: pd.DataFrame) -> list[str]:
     lines = [
-        "| problem | θ | N | best (work-normalised variance) | runner-up (× best) | not recommended (biased) |",
-        "|---|---:|---:|---|---|---|",
+        "| problem | θ | N | choose (work-normalised variance, measured cost) | runner-up: × best = variance × cost "
+        "| by variance × cost evaluations (no timing) | not recommended |",
+        "|---|---:|---:|---|---|---|---|",
     ]
     for key, group in ok.groupby(INSTANCE, sort=False):
         n_max = group["n_samples"].max()
         for theta, rows in group[group["n_samples"] == n_max].groupby("theta"):
-            ranked = _ranked(rows)
-            fair = ranked[ranked["rank"].notna()]
-            best = fair.iloc[0]["estimator"] if len(fair) else "—"
-            runner = "—"
-            if len(fair) > 1:
-                ratio = _ratio(fair.iloc[1]["work_normalized_var"], fair.iloc[0]["work_normalized_var"])
-                tie = ", a tie within timing noise" if ratio < TIMING_TIE_FACTOR else ""
-                runner = f"{fair.iloc[1]['estimator']} (×{_fmt(ratio, 3)}{tie})"
-                # E.g. the coupled measure-valued pair at a symmetric point, or pathwise on a linear cost: every
-                # estimate is the exact gradient, and the ×1e14 against the runner-up is float rounding.
-                if fair.iloc[0]["grad_var"] <= ZERO_VARIANCE_FRACTION * fair.iloc[1]["grad_var"]:
-                    best += " (zero variance here: every estimate exact up to float rounding)"
-            unranked = ranked[ranked["rank"].isna()]
-            biased = ", ".join(
-                f"**{r.estimator}**" if r.biased else f"{r.estimator} (bias not detectable here)"
-                for r in unranked.itertuples()
-            ) or "none"
+            decided = verdict.by_cost(rows)
             title = _title(key[0], key[1], key[2])
-            lines.append(f"| {title} [{key[3]}, {key[4]}] | {theta:g} | {n_max} | {best} | {runner} | {biased} |")
+            lines.append(f"| {title} [{key[3]}, {key[4]}] | {theta:g} | {n_max} | {decided.text()} "
+                         f"| {_runner_up(decided)} | {verdict.by_evaluations(rows).text()} | {_not_recommended(rows)} |")  # fmt: skip
     return lines
+
+
+_INFINITE_VARIANCE = (
+    "A cell marked *infinite variance* is one where the problem declares the estimates' second moment infinite "
+    "at that θ, although the gradient exists: the sample variance of any number of estimates is a finite number "
+    "that keeps growing with M, so neither a variance interval, nor a bias z-test (which divides by it), nor a "
+    "work-normalised ranking means anything there. Those cells get no bias verdict and no rank; their mean is "
+    "shown for what it is worth."
+)
+
+
+def _infinite_variance_lines(ok: pd.DataFrame) -> list[str]:
+    rows = ok[ok["variance_infinite"].eq(True)]
+    if rows.empty:
+        return []
+    lines = ["## Infinite variance", "", _INFINITE_VARIANCE, ""]
+    for (problem, params_json, wrt), group in rows.groupby(["problem", "problem_params", "wrt"], sort=False):
+        where = ", ".join(sorted({f"{r.estimator} θ={r.theta:g} N={r.n_samples}" for r in group.itertuples()}))
+        reason = group["note"].iloc[0].split(";")[0].removeprefix("infinite variance: ")
+        lines.append(f"- `{_title(problem, params_json, wrt)}`: {reason} ({where})")
+    return lines + [""]
 
 
 def _bias_warnings(ok: pd.DataFrame) -> list[str]:
     """One line per (problem family, wrt, estimator) with a significant bias, worst cell as the example."""
     lines = []
-    flagged = ok[ok["biased"].astype(bool)]
+    flagged = ok[ok["biased"].eq(True)]
     # The seed problem first: it is the case users meet in practice (a wrong, non-zero gradient).
     groups = sorted(flagged.groupby(["problem", "wrt", "estimator"], sort=False), key=lambda g: g[0][0] != "seed_dependent")
     for (problem, wrt, estimator), rows in groups:
@@ -148,8 +152,8 @@ def _bias_warnings(ok: pd.DataFrame) -> list[str]:
         lines.append(
             f"- **{estimator}** on `{problem}` wrt {wrt}: biased in {len(rows)} cells. Worst: "
             f"`{_title(problem, worst['problem_params'], wrt)}` at θ = {worst['theta']:g}, N = {worst['n_samples']}: mean "
-            f"{_fmt(worst['grad_mean'])} ± {_fmt(Z95 * worst['bias_se'], 2)}, exact {_fmt(worst['true_grad'])} "
-            f"(bias {_fmt(worst['bias'])}, z = {_fmt(worst['bias_z'], 3)})."
+            f"{fmt(worst['grad_mean'])} ± {fmt(Z95 * worst['bias_se'], 2)}, exact {fmt(worst['true_grad'])} "
+            f"(bias {fmt(worst['bias'])}, z = {fmt(worst['bias_z'], 3)})."
             + (" **Theory says this estimator is unbiased here: a bug or a false alarm.**"
                if worst["expected_unbiased"] and not worst["note"] else "")
         )
@@ -279,8 +283,8 @@ def _variance_reduction_section(ok: pd.DataFrame, out_dir: Path) -> list[str]:
             flag = " **BIASED**" if row.biased else ""
             lines.append(
                 f"| {row.theta:g} | {row.base} | {row.scheme} | {row.n_samples} "
-                f"| {_fmt(row.ratio, 3)} [{_fmt(row.ratio_low, 3)}, {_fmt(row.ratio_high, 3)}] "
-                f"| {_fmt(row.work_ratio, 3)} | {_fmt(row.bias_z, 3)}{flag} |"
+                f"| {fmt(row.ratio, 3)} [{fmt(row.ratio_low, 3)}, {fmt(row.ratio_high, 3)}] "
+                f"| {fmt(row.work_ratio, 3)} | {fmt(row.bias_z, 3)}{flag} |"
             )
         lines.append("")
     return lines
@@ -311,7 +315,7 @@ def _dimension_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
                   f"Per-sample variance at N = {n_max}:", "",
                   "| estimator | " + " | ".join(f"D = {d:g}" for d in table.columns) + " |",
                   "|---|" + "---:|" * len(table.columns)]  # fmt: skip
-        lines += [f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |" for name, row in table.iterrows()]
+        lines += [f"| {name} | " + " | ".join(fmt(v) for v in row) + " |" for name, row in table.iterrows()]
         lines.append("")
     return lines
 
@@ -339,9 +343,17 @@ def write_report(out_dir: Path) -> Path:
         f"{bias_critical_z():.3g} (two-sided p < {BIAS_ALPHA:g}); se includes the dtype's rounding resolution "
         f"({ROUNDING_ULPS} ulps of the gradient's scale), so estimates exact up to their last bits are not called biased. "
         "*Variance* is that of one N-sample estimate, with a 95% interval (Bonett 2006) that stays honest for "
-        "heavy-tailed estimates; per-sample variance = variance × N. *Work-normalised variance* = variance × seconds per "
-        "estimate: the variance you get for a fixed compute budget (lower is better). Rankings use it and leave biased "
-        "estimators unranked, because no amount of averaging removes bias.",
+        "heavy-tailed estimates; per-sample variance = variance × N. *Cost* is measured per comparison block: every "
+        "estimator at one problem and N is timed in the same rounds, in a shuffled order, beside `torch.randn` drawing "
+        "the same number of random values (the RNG floor), and the cost per sample is the median over rounds of the "
+        "call's time over the floor's, with a 95% bootstrap interval; on CPU the clock is the process's CPU time on one "
+        "thread, so another busy process cannot stretch it. *Work-normalised variance* = variance × N × that relative "
+        "cost: the variance you get for a fixed compute budget (lower is better). Rankings use it and leave biased "
+        "estimators unranked, because no amount of averaging removes bias. *× best* splits an estimator's ratio to "
+        f"the best into a variance factor and a cost factor, each with its interval. A winner is named only when the "
+        f"whole 95% interval of every other estimator's ratio lies above {verdict.TIE_BAND:g}×; otherwise the verdict "
+        "is a *tie* listing every estimator the best does not beat. The column *by variance × cost evaluations* ranks "
+        "by the exact number of cost evaluations per sample instead of a timing, so no machine can change it.",
         "",
     ]
     versions = frame[["git_sha", "torch_version"]].drop_duplicates()
@@ -354,14 +366,13 @@ def write_report(out_dir: Path) -> Path:
             "",
         ]
     lines += _regression_section(out_dir)
-    from .workload_report import choice_lines, workload_biases, workload_sections  # it uses _fmt and _ranked from here
-
     # Workloads (gradient vectors at training checkpoints) have their own section; the rest is per scalar θ.
     workloads = ok[ok["problem"].isin(WORKLOADS)]
     ok = ok[~ok["problem"].isin(WORKLOADS)]
     if len(ok) or len(workloads):
         warnings = _bias_warnings(ok) + workload_biases(workloads)
         lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]
+        lines += _infinite_variance_lines(ok)
     if len(ok) or len(workloads):
         lines += ["## Which estimator to choose", ""]
         if len(ok):
@@ -376,19 +387,19 @@ def write_report(out_dir: Path) -> Path:
         n_max = group["n_samples"].max()
         for theta, rows in group[group["n_samples"] == n_max].groupby("theta"):
             lines += [f"**θ = {theta:g}, N = {n_max}**", ""] + ranking_table(rows) + [""]
-        figures = [
-            plots.variance_vs_n(group, title, out_dir / f"{slug}_variance_vs_n.png"),
-            plots.bias(group, title, out_dir / f"{slug}_bias.png"),
-            plots.throughput(group, title, out_dir / f"{slug}_throughput.png"),
-        ]
+        lines += _figure(plots.variance_vs_n(group, title, out_dir / f"{slug}_variance_vs_n.png"), group, "grad_var")
         if group["theta"].nunique() > 1:
-            figures.insert(1, plots.per_sample_variance_vs(group, "theta", title, out_dir / f"{slug}_variance_vs_theta.png"))
-        figures += _relaxation_bias_figures(group, problem, params_json, wrt, title, out_dir / f"{slug}_relaxation_bias.png")
-        lines += [f"![]({path.name})" for path in figures] + [""]
+            lines += _figure(plots.per_sample_variance_vs(group, "theta", title, out_dir / f"{slug}_variance_vs_theta.png"),
+                             group[group["n_samples"] == n_max], "per_sample_var")  # fmt: skip
+        lines += _figure(plots.bias(group, title, out_dir / f"{slug}_bias.png"))
+        if group["relative_cost"].notna().any():
+            lines += _figure(plots.relative_cost(group, title, out_dir / f"{slug}_cost.png"))
+        for path in _relaxation_bias_figures(group, problem, params_json, wrt, title, out_dir / f"{slug}_relaxation_bias.png"):
+            lines += _figure(path)
         lines += [
             "Cost evaluations per sample: "
             + ", ".join(f"{e} {int(c)}" for e, c in group.groupby("estimator", sort=False)["cost_evals_per_sample"].first().items())
-            + ". Throughput is measured, so extra evaluations show up as lower samples/s.",
+            + ". The cost plot is measured, so extra evaluations show up as a higher cost per sample.",
             "",
         ]
         mine = skipped[(skipped["problem"] == problem) & (skipped["problem_params"] == params_json) & (skipped["wrt"] == wrt)]
@@ -419,13 +430,23 @@ def write_report(out_dir: Path) -> Path:
     lines += ["## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in environment.describe().items()]
     lines += [f"| peer {k} | {v} |" for k, v in PEER_STATUS.items()]  # peers that failed to install, too
-    recorded = frame[["device", "device_name", "torch_version", "num_threads", "git_sha", "hostname"]].drop_duplicates()
+    recorded = frame[["device", "device_name", "cost_clock", "torch_version", "num_threads", "git_sha", "hostname"]].drop_duplicates()
     lines += ["", "Recorded with the rows (the machines that measured them):", ""] + _markdown_table(recorded) + [""]
     lines += ["Estimators:", ""] + [f"- `{e.name}`: {e.summary}" for e in ESTIMATORS.values()] + [""]
     lines += ["Variance reductions:", ""] + [f"- `{v.name}`: {v.summary}" for v in VARIANCE_REDUCTIONS.values()] + [""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _figure(path: Path, rows: pd.DataFrame | None = None, column: str | None = None) -> list[str]:
+    """A figure's Markdown, captioned with the estimators a log axis had to leave out (zero variance)."""
+    lines = [f"![]({path.name})", ""]
+    if rows is not None:
+        missing = sorted(set(rows.loc[rows[column] == 0, "estimator"]) - set(rows.loc[rows[column] > 0, "estimator"]))
+        if missing:
+            lines += [f"*Not drawn (zero variance in every cell, no place on a log axis): {', '.join(missing)}.*", ""]
+    return lines
 
 
 def _regression_section(out_dir: Path) -> list[str]:

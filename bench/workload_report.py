@@ -14,31 +14,30 @@ import pandas as pd
 
 from estimators.workloads import WORKLOADS
 
-from . import plots
-# The scalar report's formatting and ranking rule (an estimator biased in theory, or measurably biased here, is
-# never ranked); report.py imports this module only inside write_report, so the import is not circular.
-from .report import _fmt, _ranked
+from . import plots, verdict
+from .verdict import fmt
+
 
 def ranking_table(rows: pd.DataFrame) -> list[str]:
-    ranked = _ranked(rows)
-    fair = ranked[ranked["rank"].notna()]
-    best = fair["work_normalized_var"].iloc[0] if len(fair) else math.nan
+    decided = verdict.by_cost(rows)
     lines = [
         "| rank | estimator | mean per-coordinate variance [95% CI] | max coordinate variance | variance of ‖ĝ‖ "
-        "| verdict: ‖mean − exact‖ / ‖exact‖, noise included (worst coordinate z) | µs / estimate "
-        "| work-normalised variance | × best (< 1.5: a tie within timing noise) |",
-        "|---:|---|---|---:|---:|---|---:|---:|---:|",
+        "| verdict: ‖mean − exact‖ / ‖exact‖, noise included (worst coordinate z) | cost per sample / RNG floor [95% CI] "
+        "| µs / estimate | work-normalised variance [95% CI] | × best = variance × cost [95% CIs] |",
+        "|---:|---|---|---:|---:|---|---|---:|---|---|",
     ]
-    for _, row in ranked.iterrows():
-        ratio = row["work_normalized_var"] / best if row["rank"] is not None and best > 0 else math.nan
+    for row, rank, comparison in verdict.ranked(rows, decided):
         relative = row["bias"] / row["true_grad"] if row["true_grad"] else math.nan
-        verdict = "**BIASED**" if row["biased"] else ("unbiased" if row["expected_unbiased"] else "biased in general")
+        flag = "**BIASED**" if row["biased"] is True else ("unbiased" if row["expected_unbiased"] else "biased in general")
         lines.append(
-            f"| {row['rank'] if row['rank'] is not None else '—'} | {row['estimator']} "
-            f"| {_fmt(row['grad_var'])} [{_fmt(row['grad_var_ci_low'], 3)}, {_fmt(row['grad_var_ci_high'], 3)}] "
-            f"| {_fmt(row['grad_var_max'], 3)} | {_fmt(row['grad_norm_var'], 3)} "
-            f"| {verdict}: {_fmt(relative, 3)} (z = {_fmt(row['bias_z'], 3)}) "
-            f"| {_fmt(row['seconds_per_estimate'] * 1e6, 3)} | {_fmt(row['work_normalized_var'], 3)} | {_fmt(ratio, 3)} |"
+            f"| {rank} | {row['estimator']} "
+            f"| {fmt(row['grad_var'])} [{fmt(row['grad_var_ci_low'], 3)}, {fmt(row['grad_var_ci_high'], 3)}] "
+            f"| {fmt(row['grad_var_max'], 3)} | {fmt(row['grad_norm_var'], 3)} "
+            f"| {flag}: {fmt(relative, 3)} (z = {fmt(row['bias_z'], 3)}) "
+            f"| {fmt(row['relative_cost'], 3)} [{fmt(row['relative_cost_ci_low'], 3)}, {fmt(row['relative_cost_ci_high'], 3)}] "
+            f"| {fmt(row['seconds_per_estimate'] * 1e6, 3)} "
+            f"| {fmt(row['work_normalized_var'], 3)} [{fmt(row['work_normalized_var_ci_low'], 3)}, "
+            f"{fmt(row['work_normalized_var_ci_high'], 3)}] | {verdict.comparison_text(comparison)} |"
         )
     return lines
 
@@ -46,10 +45,9 @@ def ranking_table(rows: pd.DataFrame) -> list[str]:
 def _best_by_checkpoint(group: pd.DataFrame, n: int) -> str:
     parts = []
     for step, rows in group[group["n_samples"] == n].groupby("theta"):
-        fair = _ranked(rows)
-        fair = fair[fair["rank"].notna()]
-        if len(fair):
-            parts.append(f"step {step:g}: **{fair.iloc[0]['estimator']}**")
+        decided = verdict.by_cost(rows)
+        if decided.best is not None:
+            parts.append(f"step {step:g}: {decided.text()}")
     return "; ".join(parts)
 
 
@@ -67,14 +65,14 @@ def choice_lines(ok: pd.DataFrame) -> list[str]:
 def workload_biases(ok: pd.DataFrame) -> list[str]:
     """Lines for the report's 'Biased estimators' section."""
     lines = []
-    rows_all = ok[ok["problem"].isin(WORKLOADS) & ok["biased"].astype(bool)]
+    rows_all = ok[ok["problem"].isin(WORKLOADS) & ok["biased"].eq(True)]
     for (problem, estimator), rows in rows_all.groupby(["problem", "estimator"], sort=False):
         worst = rows.loc[rows["bias_z"].abs().idxmax()]
         lines.append(
             f"- **{estimator}** on workload `{problem}`: biased in {len(rows)} of "
             f"{int(((ok['problem'] == problem) & (ok['estimator'] == estimator)).sum())} cells. Worst: step "
-            f"{worst['theta']:g}, N = {worst['n_samples']}: ‖bias‖ = {_fmt(worst['bias'])} against ‖exact‖ = "
-            f"{_fmt(worst['true_grad'])}, worst coordinate z = {_fmt(worst['bias_z'], 3)}."
+            f"{worst['theta']:g}, N = {worst['n_samples']}: ‖bias‖ = {fmt(worst['bias'])} against ‖exact‖ = "
+            f"{fmt(worst['true_grad'])}, worst coordinate z = {fmt(worst['bias_z'], 3)}."
             + (" **Theory says unbiased: investigate.**" if worst["expected_unbiased"] else "")
         )
     return lines
@@ -102,7 +100,7 @@ def workload_sections(ok: pd.DataFrame, skipped: pd.DataFrame, out_dir: Path) ->
                   f"Ground truth: {workload.ground_truth}.", ""]  # fmt: skip
         checkpoints = group.groupby("theta").first().reset_index()
         lines += ["| training step | objective (ELBO) | ‖exact gradient‖ | ground-truth error (‖·‖) |", "|---:|---:|---:|---:|"]
-        lines += [f"| {r.theta:g} | {_fmt(r.objective, 6)} | {_fmt(r.true_grad)} | {_fmt(r.true_grad_se, 2)} |"
+        lines += [f"| {r.theta:g} | {fmt(r.objective, 6)} | {fmt(r.true_grad)} | {fmt(r.true_grad_se, 2)} |"
                   for r in checkpoints.itertuples()]  # fmt: skip
         lines += ["", f"Best by work-normalised variance at N = {n_max}: {_best_by_checkpoint(group, n_max)}.", ""]
         for step, rows in group[group["n_samples"] == n_max].groupby("theta"):

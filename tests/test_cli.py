@@ -84,7 +84,7 @@ def test_report_says_when_the_best_estimator_is_exact_rather_than_a_huge_ratio(t
             "100", "--estimator", "pathwise,score_function", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
     assert run_cli(args, capsys)[0] == 0
     choice = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| diag_gaussian_sum")]
-    assert len(choice) == 1 and "| pathwise (zero variance here" in choice[0], choice
+    assert len(choice) == 1 and "| **pathwise** (zero variance here" in choice[0], choice
     # A noisy best estimator is not called exact.
     noisy = tmp_path / "noisy"
     args = [*args[:-1], str(noisy)]
@@ -132,27 +132,28 @@ def test_a_cell_rerun_alone_reproduces_its_numbers(tiny_run, tmp_path):
 
 
 def test_interrupted_run_resumes_and_loses_nothing(tmp_path, monkeypatch, tiny_run):
-    real = measure.measure_cell
+    real = measure.measure_statistics
     calls = {"n": 0}
+    first_block = TINY_CELLS // 2  # blocks are the N values: N = 1, then N = 10
 
-    def crash_on_fourth(cell, base_seed):
+    def interrupt_in_the_second_block(cell, base_seed):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == first_block + 3:
             raise KeyboardInterrupt
         return real(cell, base_seed)
 
-    monkeypatch.setattr(measure, "measure_cell", crash_on_fourth)
+    monkeypatch.setattr(measure, "measure_statistics", interrupt_in_the_second_block)
     assert cli.main([*TINY, "--out", str(tmp_path)]) == 130
     first = load_table(tmp_path / "table.csv")
-    assert len(first) == 3
+    assert len(first) == first_block and (first["n_samples"] == 1).all()
     # A kill in the middle of writing a row leaves a partial line; the resume drops it.
     with open(tmp_path / "table.csv", "a") as handle:
         handle.write("deadbeef,ok,,seed_dep")
-    monkeypatch.setattr(measure, "measure_cell", real)
+    monkeypatch.setattr(measure, "measure_statistics", real)
     assert cli.main([*TINY, "--out", str(tmp_path), "--no-report"]) == 0
     resumed = load_table(tmp_path / "table.csv")
     assert len(resumed) == TINY_CELLS and resumed["cell_id"].is_unique
-    pd.testing.assert_frame_equal(resumed.iloc[:3][STATISTICAL], first[STATISTICAL])
+    pd.testing.assert_frame_equal(resumed.iloc[:first_block][STATISTICAL], first[STATISTICAL])
     # Same numbers as the uninterrupted run (timing columns aside).
     reference = load_table(tiny_run / "table.csv").set_index("cell_id").sort_index()
     resumed = resumed.set_index("cell_id").sort_index()
@@ -160,34 +161,55 @@ def test_interrupted_run_resumes_and_loses_nothing(tmp_path, monkeypatch, tiny_r
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
-    real = measure.measure_cell
+    real = measure.measure_statistics
 
     def fail_pathwise(cell, base_seed):
         if cell.estimator == "pathwise":
             raise FloatingPointError("injected failure")
         return real(cell, base_seed)
 
-    monkeypatch.setattr(measure, "measure_cell", fail_pathwise)
+    monkeypatch.setattr(measure, "measure_statistics", fail_pathwise)
     code, _, err = run_cli([*TINY, "--theta", "3", "--out", str(tmp_path), "--no-report"], capsys)
     assert code == 1 and "2 cells failed" in err
     table = load_table(tmp_path / "table.csv")
     errors = table[table["status"] == "error"]
     assert set(errors["estimator"]) == {"pathwise"} and errors["note"].str.contains("injected failure").all()
     assert (table["status"] == "ok").sum() == 7
-    monkeypatch.setattr(measure, "measure_cell", real)
+    monkeypatch.setattr(measure, "measure_statistics", real)
     assert cli.main([*TINY, "--theta", "3", "--out", str(tmp_path), "--no-report"]) == 0  # errors are retried
 
 
 def test_cells_with_an_infinite_fourth_moment_are_flagged_in_table_and_report(tmp_path):
     args = ["run", "--problem", "gaussian_exp", "--wrt", "sigma", "--set", "k=-0.2", "--set", "mu=0.5",
-            "--theta", "0.5,1.2", "--estimator", "pathwise", "--n", "10", "--replicates", "200",
+            "--theta", "0.5,1", "--estimator", "pathwise", "--n", "10", "--replicates", "200",
             "--dtype", "float64", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
     assert cli.main(args) == 0
     table = load_table(tmp_path / "table.csv").set_index("theta")
     assert (table["dtype"] == "float64").all()
     assert table.loc[0.5, "note"] == ""  # 1 + 8kσ² = 0.6 > 0
-    assert "fourth moment is infinite" in table.loc[1.2, "note"]  # 1 + 8kσ² = −1.3
+    assert "fourth moment is infinite" in table.loc[1.0, "note"]  # 1 + 8kσ² = −0.6, 1 + 4kσ² = 0.2 > 0
+    assert not table["variance_infinite"].any()
     assert "⚠ f = exp(−kx²) with k < 0" in (tmp_path / "report.md").read_text()
+
+
+def test_an_infinite_variance_is_no_bias_and_gets_no_rank(tmp_path, capsys):
+    # 1 + 2kσ² = 0.136 > 0, so dL/dσ = 34.85 exists; 1 + 4kσ² = −0.728 <= 0, so every estimator's variance is
+    # infinite: the sample variance grows with M and a z-test on it used to call all three BIASED.
+    args = ["run", "--problem", "gaussian_exp", "--wrt", "sigma", "--theta", "1.2", "--set", "mu=0.4", "--set", "k=-0.3",
+            "--estimator", "pathwise,score_function,measure_valued", "--n", "100", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert run_cli(args, capsys)[0] == 0
+    table = load_table(tmp_path / "table.csv")
+    assert len(table) == 3 and table["variance_infinite"].eq(True).all()
+    assert table["biased"].isna().all() and table["bias_z"].isna().all() and table["grad_var_ci_low"].isna().all()
+    assert table["note"].str.startswith("infinite variance: ").all()
+    assert table["true_grad"].iloc[0] == pytest.approx(34.85, abs=0.01)
+    report = (tmp_path / "report.md").read_text()
+    assert "No measured cell is significantly biased." in report and "**BIASED** (" not in report
+    assert "## Infinite variance" in report
+    assert report.count("neither a variance interval, nor a bias z-test") == 1
+    choice = [line for line in report.splitlines() if line.startswith("| gaussian_exp")]
+    assert len(choice) == 1 and "| — |" in choice[0] and choice[0].count("(infinite variance)") == 3, choice
+    assert "no verdict: infinite variance" in report
 
 
 BAD_INPUT = [

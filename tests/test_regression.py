@@ -142,6 +142,16 @@ def test_new_missing_and_failed_cells_are_reported():
     assert row["verdict"] == "regressed" and "boom" in row["note"]
 
 
+def test_cells_with_an_infinite_variance_are_reported_not_tested():
+    # dL/dσ exists (1 + 2kσ² > 0) but 1 + 4kσ² < 0: the sample variance keeps growing with M, so a variance or
+    # bias test against the baseline would fire at random.
+    cells = expand([Sweep("gaussian_exp", thetas=(1.2,), wrt="sigma", params={"k": (-0.3,), "mu": (0.4,)},
+                          estimators=("pathwise", "score_function"), n_samples=(10,), replicates=400)])  # fmt: skip
+    verdicts = regression.compare_tables(measure_grid(1, cells), measure_grid(2, cells))
+    assert len(verdicts) == 4 and (verdicts["verdict"] == "ok").all()
+    assert (verdicts["note"] == "infinite variance: not tested").all()
+
+
 # --------------------------------------------------------------------------------------------------------
 # Speed: real pytest-benchmark runs of bench/speed_benchmarks.py, one benchmark each.
 
