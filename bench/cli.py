@@ -132,7 +132,7 @@ def _replicates(text: str) -> int | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import report, sweep  # heavy imports only when needed
+    from . import sweep  # heavy imports only when needed
 
     sweeps = _sweeps_from_args(args)
     # On a cluster the workers, not this machine, have or lack a GPU: cuda is checked when the cells run.
@@ -153,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"varbench: {outcome.measured} cells measured, {outcome.already_done} already in {outcome.table}, "
           f"{outcome.errors} failed")  # fmt: skip
     if not args.no_report:
+        from . import report  # matplotlib and seaborn: only when a report is drawn
+
         print(f"varbench: report written to {report.write_report(out)}")
     if outcome.errors:
         print(f"varbench: {outcome.errors} cells failed (see the 'note' column); re-run to retry them", file=sys.stderr)

@@ -65,7 +65,8 @@ def _save(fig, path: Path) -> Path:
 def _positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     # Zero variance (e.g. naive autograd when θ only enters p: it returns 0 every time) has no log position, and
     # an infinite one no finite position at all.
-    return frame[(frame[column] > 0) & ~frame["variance_infinite"].eq(True)]
+    finite = ~frame["variance_infinite"].eq(True) if "variance_infinite" in frame else True
+    return frame[(frame[column] > 0) & finite]
 
 
 def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:

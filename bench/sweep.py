@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .executors import DaskExecutor, LocalExecutor
 from .grid import Cell
-from .table import TABLE_NAME, append_row, check_header, drop_partial_last_line, load_table
+from .table import TABLE_NAME, append_rows, check_header, drop_partial_last_line, load_table
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
                     raise RuntimeError(f"executor returned cell {cell.cell_id} ({cell.method}) twice")
                 written.add(cell)
                 errors += row["status"] == "error"
-                append_row(table, row)
+            append_rows(table, [row for _, row in block])
             bar.update(len(block))
     return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors)
 

@@ -94,18 +94,18 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def append_row(path: Path, row: dict) -> None:
-    """Append one row (header first if the file is new), flushed and fsynced so a crash loses nothing finished."""
-    missing = [c for c in COLUMNS if c not in row]
-    if missing:
-        raise KeyError(f"row is missing columns: {missing}")
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows (header first if the file is new) in one write, flushed and fsynced, so a crash loses nothing
+    finished and at worst leaves one partial last line, which ``drop_partial_last_line`` removes."""
+    for row in rows:
+        missing = [c for c in COLUMNS if c not in row]
+        if missing:
+            raise KeyError(f"row is missing columns: {missing}")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    new_file = not path.exists() or path.stat().st_size == 0
-    if new_file:
+    if not path.exists() or path.stat().st_size == 0:
         writer.writerow(COLUMNS)
-    writer.writerow([_format(row[c]) for c in COLUMNS])
-    # One write call per row: a kill can at worst leave one partial last line, which load_table repairs.
+    writer.writerows([_format(row[c]) for c in COLUMNS] for row in rows)
     with open(path, "a", encoding="utf-8", newline="") as handle:
         handle.write(buffer.getvalue())
         handle.flush()

@@ -18,7 +18,7 @@ from scipy import stats
 
 from bench import cli, measure, regression
 from bench.grid import Sweep, expand
-from bench.table import COLUMNS, TABLE_NAME, append_row
+from bench.table import COLUMNS, TABLE_NAME, append_rows
 from estimators import ESTIMATORS
 
 # A small grid with a heavy-tailed estimator (score function at θ = 3), a biased one (naive), the coupled MVD
@@ -222,8 +222,7 @@ def test_speed_on_another_machine_is_reported_not_gated(speed_runs):
 
 def _write_baseline(folder, rows: pd.DataFrame):
     folder.mkdir(parents=True, exist_ok=True)
-    for row in rows.to_dict("records"):
-        append_row(folder / TABLE_NAME, row)
+    append_rows(folder / TABLE_NAME, rows.to_dict("records"))
     (folder / regression.META_JSON).write_text(json.dumps({"preset": "ci", "base_seed": 0}))
 
 
