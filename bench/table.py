@@ -57,7 +57,7 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("seconds_per_estimate_ci_high", "float", "upper end of that interval"),
     ("samples_per_second", "float", "n_samples / seconds_per_estimate"),
     ("relative_cost", "float", "time per sample relative to the device's RNG floor: median over rounds of (call time / time of torch.randn drawing the same number of random values, timed in the same round); what the machine does to both calls cancels"),
-    ("relative_cost_ci_low", "float", "lower end of the 95% percentile-bootstrap interval of relative_cost over the rounds"),
+    ("relative_cost_ci_low", "float", "lower end of its 95% interval: the percentile bootstrap over the rounds, widened on the log scale by the run-to-run spread measured on a shared machine (sd 0.025), so that it covers a re-run"),
     ("relative_cost_ci_high", "float", "upper end of that interval"),
     ("work_normalized_var", "float", "grad_var × n_samples × relative_cost: variance of an estimate times its cost, the cost in units of the RNG floor's time per sample (Glynn–Whitt efficiency; lower is better); × floor_seconds_per_sample gives variance × seconds"),
     ("work_normalized_var_ci_low", "float", "lower end of its 95% interval: grad_var's and relative_cost's intervals combined on the log scale"),
