@@ -46,8 +46,14 @@ def _style(estimator: str, rows: pd.DataFrame) -> dict:
     """Line style of one estimator's rows: its colour, or grey and dashed with '(biased)' when it is biased in
     theory or measurably biased in any of them (a low variance does not buy the right gradient)."""
     if _biased(rows):
-        return dict(color=BIASED_COLOUR, ls="--", label=f"{estimator} (biased)")
-    return dict(color=colour(estimator), ls="-", label=estimator)
+        # Several biased estimators share the grey; a marker per name still tells them apart.
+        base = estimator.split("[")[0].split("+")[0]
+        marker = _BIASED_MARKERS.get(base) or "vP*<>"[int.from_bytes(hashlib.sha256(base.encode()).digest()[:4], "big") % 5]
+        return dict(color=BIASED_COLOUR, ls="--", marker=marker, label=f"{estimator} (biased)")
+    return dict(color=colour(estimator), ls="-", marker="o", label=estimator)
+
+
+_BIASED_MARKERS = {"naive": "x", "gumbel_softmax": "s", "straight_through": "^", "finite_difference": "D"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -79,7 +85,7 @@ def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
             rows = rows.sort_values("n_samples")
             err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
             style = _style(estimator, group[group["estimator"] == estimator])
-            ax.errorbar(rows["n_samples"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3, **style)
+            ax.errorbar(rows["n_samples"], rows["grad_var"], yerr=err, ms=4, capsize=3, **style)
             first = rows.iloc[0]
             ns = rows["n_samples"].to_numpy(dtype=float)
             ax.plot(ns, first["grad_var"] * first["n_samples"] / ns, ls=":", lw=1, color=style["color"])
@@ -101,7 +107,7 @@ def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) 
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values(x)
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3, **_style(estimator, rows))
+        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **_style(estimator, rows))
     label = "θ" if x == "theta" else x
     ax.set(yscale="log", xlabel=label, ylabel=f"per-sample variance (N = {n_max})")
     ax.legend(fontsize=8)
@@ -118,7 +124,7 @@ def variance_vs_dimension(group: pd.DataFrame, title: str, path: Path) -> Path:
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values("dim")
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows["dim"], rows["per_sample_var"], yerr=err, marker="o", ms=4, capsize=3, **_style(estimator, rows))
+        ax.errorbar(rows["dim"], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **_style(estimator, rows))
     dims = np.sort(rows_all["dim"].unique()).astype(float)
     anchor = rows_all[rows_all["dim"] == dims[0]]["per_sample_var"].max() if len(dims) else np.nan
     for power, style in ((1, ":"), (2, "--")):
@@ -174,7 +180,7 @@ def relative_cost(group: pd.DataFrame, title: str, path: Path) -> Path:
     for estimator, rows in timed.groupby("estimator", sort=False):
         rows = rows.groupby("n_samples")[["relative_cost", "relative_cost_ci_low", "relative_cost_ci_high"]].median()
         err = [rows["relative_cost"] - rows["relative_cost_ci_low"], rows["relative_cost_ci_high"] - rows["relative_cost"]]
-        ax.errorbar(rows.index, rows["relative_cost"], yerr=err, marker="o", ms=4, capsize=3,
+        ax.errorbar(rows.index, rows["relative_cost"], yerr=err, ms=4, capsize=3,
                     **_style(estimator, group[group["estimator"] == estimator]))  # fmt: skip
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)",
@@ -256,11 +262,11 @@ def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path
         rows = rows.sort_values("theta")
         err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
         style = _style(estimator, rows)
-        axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, marker="o", ms=4, capsize=3, **style)
+        axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, ms=4, capsize=3, **style)
         timed = rows[rows["work_normalized_var"] > 0]
         err = [timed["work_normalized_var"] - timed["work_normalized_var_ci_low"],
                timed["work_normalized_var_ci_high"] - timed["work_normalized_var"]]  # fmt: skip
-        axes[1].errorbar(timed["theta"], timed["work_normalized_var"], yerr=err, marker="o", ms=4, capsize=3, **style)
+        axes[1].errorbar(timed["theta"], timed["work_normalized_var"], yerr=err, ms=4, capsize=3, **style)
     axes[0].set(yscale="log", xlabel="training step (checkpoint)", ylabel=f"mean per-coordinate variance (N = {n_max})")
     axes[1].set(yscale="log", xlabel="training step (checkpoint)", ylabel="work-normalised variance (RNG-floor units)")
     axes[0].legend(fontsize=7)
