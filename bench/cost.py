@@ -149,9 +149,3 @@ def _precise(times: np.ndarray, seed: int) -> bool:
         if not (low > 0 and math.log(high / low) / 2 <= TARGET_LOG_HALF_WIDTH):
             return False
     return True
-
-
-def log_ratio_se(*costs: Cost) -> float:
-    """Standard error of a log ratio of relative costs (independent rounds assumed: conservative, since the
-    shared floor makes them positively correlated)."""
-    return math.sqrt(sum(c.log_se**2 for c in costs))

@@ -294,7 +294,7 @@ def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd
             # The reference is one call from the global generator: without parallel=False, estimate() would
             # still split it into 2^19-sample calls on their own streams (same numbers as the chunked row).
             result = measure_memory("pathwise", case, n, m, device, budget, parallel=not unchunked)
-            exact_var = 1314.0 / n  # seed_dependent at θ = 3: per-sample pathwise variance 1314 (MATH.md)
+            exact_var = 1314.0 / n  # seed_dependent at θ = 3: per-sample pathwise variance 1314 (docs/math.md)
             chunked = ("unchunked: one call, budget 1 TiB, parallel=False" if unchunked
                        else f"budget {budget / 2**30:g} GiB")  # fmt: skip
             add(section="memory", **common, problem=problem.label, estimator="pathwise", n_samples=n, n_replicates=m,

@@ -4,7 +4,7 @@ A problem is declared once — a torch.distributions builder, a cost, the exact 
 valid range of θ — and every estimator that applies to it can use it. Problems are built by name through
 ``make_problem`` which validates every parameter, so a bad value fails before any sampling happens.
 
-The derivations of every closed form are in ../shared/MATH.md (seed problems) and in the docstrings below
+The derivations of every closed form are in docs/math.md (seed problems) and in the docstrings below
 (Gaussian test costs of Mohamed et al., 2020, §3); tests/test_exact.py checks each against Gauss–Hermite
 quadrature and a finite difference of L.
 """
@@ -106,7 +106,7 @@ class ProblemFamily:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The two seed problems (../shared/MATH.md): f = 3θz², z ~ N(0, 1) or N(θ, 1).
+# The two seed problems (docs/math.md): f = 3θz², z ~ N(0, 1) or N(θ, 1).
 
 
 def _seed_cost(x: Tensor, theta: Tensor) -> Tensor:

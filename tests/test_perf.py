@@ -18,7 +18,7 @@ Z = bonferroni_z(2)
 
 def test_the_hand_written_loop_computes_the_same_estimator():
     # The loop is the baseline the speed-up is measured against, so it must be the same estimator: pathwise on
-    # the seed problem at θ = 3 has mean 84 and per-sample variance 1314 (MATH.md).
+    # the seed problem at θ = 3 has mean 84 and per-sample variance 1314 (docs/math.md).
     torch.manual_seed(5)
     x = perf.loop_estimates("pathwise", make_problem("seed_dependent"), 3.0, 10, 400)
     assert abs(x.mean() - 84) / (x.std(ddof=1) / math.sqrt(x.size)) < Z

@@ -180,7 +180,7 @@ def test_speed_benchmark_records_what_it_timed(speed_runs):
     (bench,) = base["benchmarks"]
     info = bench["extra_info"]
     assert info["estimator"] == "pathwise" and info["n_samples"] == 1000 and info["num_threads"] == 1
-    # pathwise on seed_dependent at θ = 3: per-sample variance 1314 (MATH.md), so Var of a 1000-sample mean ≈ 1.314.
+    # pathwise on seed_dependent at θ = 3: per-sample variance 1314 (docs/math.md), so Var of a 1000-sample mean ≈ 1.314.
     assert abs(info["grad_var"] / 1.314 - 1) < 0.15 and abs(info["grad_mean"] - 84) < 0.2
     # One RNG-floor timing per timed round, from each of the five processes.
     assert len(info["floor_times"]) == len(bench["stats"]["data"]) and len(info["run_relative_medians"]) == 5
