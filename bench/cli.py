@@ -22,7 +22,7 @@ from estimators.workloads import WORKLOADS
 from . import environment
 from .environment import DeviceError
 from .executors import EXECUTORS, ExecutorError, open_executor
-from .grid import CORE_ESTIMATORS, DTYPES, PRESETS, GridError, Sweep, expand, preset
+from .grid import CORE_ESTIMATORS, DTYPES, PRESETS, GridError, Sweep, check_base_seed, expand, preset
 from .regression import BaselineError
 from .table import TableError
 
@@ -120,6 +120,13 @@ def _positive_int(text: str) -> int:
     if value < 1:  # argparse prefixes "argument --workers: "
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return check_base_seed(int(text))
+    except ValueError:  # GridError too; argparse prefixes "argument --seed: "
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2^63 - 1, got {text!r}") from None
 
 
 def _replicates(text: str) -> int | None:
@@ -262,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "except for --preset ci, which fixes 2000)")  # fmt: skip
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated, or auto (= all available)")
     run.add_argument("--dtype", choices=list(DTYPES), help="float32 (default) or float64; overrides a preset's dtypes")
-    run.add_argument("--seed", type=int, default=0, help="base seed; each cell's seed is a hash of it and the cell")
+    run.add_argument("--seed", type=_seed, default=0, help="base seed; each cell's seed is a hash of it and the cell")
     run.add_argument("--out", default="results/latest", help="results folder (re-running into it resumes)")
     run.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="where cells run: local (default, in this process) or dask (a dask.distributed cluster; "
@@ -278,14 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     base = commands.add_parser("baseline", help="record the regression baseline: the ci preset and speed benchmarks")
     base.add_argument("--out", default="results/baseline", help="baseline folder (its contents are replaced)")
-    base.add_argument("--seed", type=int, default=0, help="base seed of the baseline run")
+    base.add_argument("--seed", type=_seed, default=0, help="base seed of the baseline run")
     base.add_argument("--no-progress", action="store_true", help="no progress bar")
     base.set_defaults(handler=_baseline)
 
     reg = commands.add_parser("regress", help="re-measure the baseline's grid and fail on a statistical regression")
     reg.add_argument("--baseline", default="results/baseline", help="baseline folder (from `varbench baseline`)")
     reg.add_argument("--out", default="results/regress", help="folder for this run (replaced each time)")
-    reg.add_argument("--seed", type=int, help="base seed (default: the baseline's, so unchanged code reproduces it)")
+    reg.add_argument("--seed", type=_seed, help="base seed (default: the baseline's, so unchanged code reproduces it)")
     reg.add_argument("--no-progress", action="store_true", help="no progress bar")
     reg.set_defaults(handler=_regress)
 

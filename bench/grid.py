@@ -32,6 +32,16 @@ class GridError(ValueError):
     """An invalid sweep axis value; the message names it and what is allowed."""
 
 
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 (bench.table.MAX_SEED)
+
+
+def check_base_seed(seed: object) -> int:
+    """``seed`` if it is an integer in [0, 2^63): the table stores seeds as int64."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise GridError(f"--seed must be an integer from 0 to 2^63 - 1, got {seed}")
+    return seed
+
+
 @dataclass(frozen=True)
 class Cell:
     problem: str

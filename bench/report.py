@@ -18,7 +18,7 @@ from estimators.workloads import WORKLOADS
 
 from . import environment, plots
 from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
-from .table import TABLE_NAME, latest_rows, load_table
+from .table import TABLE_NAME, TableError, latest_rows, load_table
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
 # Identical-cost cells timed on a shared 2-core machine differ by up to ~1.5-2x, so a work-normalised
@@ -320,6 +320,8 @@ def write_report(out_dir: Path) -> Path:
     """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``."""
     out_dir = Path(out_dir)
     frame = latest_rows(load_table(out_dir / TABLE_NAME))
+    if not len(frame):
+        raise TableError(f"results table {out_dir / TABLE_NAME} has no rows yet (`varbench run --out {out_dir}` adds them)")
     # The report compares estimator variants (parameters, variance reduction), so they are its "estimators".
     frame = frame.assign(estimator=frame["method"])
     ok = frame[frame["status"] == "ok"].copy()

@@ -11,8 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .executors import DaskExecutor, LocalExecutor
-from .grid import Cell
-from .table import TABLE_NAME, append_row, check_header, drop_partial_last_line, load_table
+from .grid import Cell, check_base_seed
+from .table import TABLE_NAME, append_row, load_table, prepare_for_append
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,7 @@ def finished_runs(table: Path) -> set[tuple]:
     """Keys of cells already measured (ok or skipped) in ``table``; errors are retried."""
     if not table.exists():
         return set()
-    check_header(table)  # never repair or append to a file that is not a varbench table
-    if drop_partial_last_line(table):
-        print(f"varbench: dropped a partial last row from {table} (left by an interrupted run)", file=sys.stderr)
+    prepare_for_append(table)  # never repair or append to a file that is not this version's varbench table
     frame = load_table(table)
     done = frame[frame["status"].isin(["ok", "skipped"])]
     return {
@@ -51,6 +49,7 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
     come back here and are appended by this process alone, in the order they finish. ``timed=False`` leaves
     the timing columns empty (tests that only need the statistics).
     """
+    check_base_seed(base_seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / TABLE_NAME
     done = finished_runs(table)

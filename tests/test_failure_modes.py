@@ -1,0 +1,140 @@
+"""What a new user hits when things go wrong (issue 14): nothing lost, nothing stale, nothing half-read, and bad
+input answered with one line before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import cli, measure, table as table_module
+from bench.table import COLUMNS, TABLE_NAME, load_table
+
+REPO = Path(__file__).resolve().parent.parent
+# Two cells, a few seconds in all: an unbiased and a biased estimator at θ = 3.
+SMALL = ["run", "--problem", "seed_dependent", "--theta", "3", "--n", "10", "--replicates", "200",
+         "--estimator", "pathwise,naive", "--no-progress"]  # fmt: skip
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("varbench: error: "), err
+    return lines[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small") / "run"
+    assert cli.main([*SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    (target / TABLE_NAME).write_bytes((source / TABLE_NAME).read_bytes())
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. A half-written last row is ignored by every reader, with the warning `run` prints, and left in place.
+
+
+def test_report_ignores_a_partial_last_row_with_a_warning_and_leaves_the_file(small_run, tmp_path, capsys):
+    folder = copy_run(small_run, tmp_path / "cut")
+    text = (folder / TABLE_NAME).read_text()
+    pathwise = next(line for line in text.splitlines()[1:] if ",pathwise," in line)
+    # The same (unbiased) cell written again and cut inside bias_z by a kill: read as data, it was BIASED.
+    cut = pathwise[: len(",".join(pathwise.split(",")[: COLUMNS.index("bias_z")])) + 3]
+    with open(folder / TABLE_NAME, "a") as handle:
+        handle.write(cut)
+    before = digest(folder / TABLE_NAME)
+    code, _, err = run_cli(["report", str(folder)], capsys)
+    assert code == 0
+    warning = [line for line in err.splitlines() if "partial" in line]
+    assert warning == [f"varbench: ignoring the partial last row of {folder / TABLE_NAME} (left by an interrupted run)"]
+    assert digest(folder / TABLE_NAME) == before
+    report = (folder / "report.md").read_text()
+    assert "**naive** on `seed_dependent`" in report and "**pathwise**" not in report
+    assert len(load_table(folder / TABLE_NAME)) == 2
+    # `run`, the writer, drops it with the same line.
+    code, out, err = run_cli([*SMALL, "--out", str(folder), "--no-report"], capsys)
+    assert code == 0 and warning[0] in err.splitlines() and "0 cells measured" in out
+    assert (folder / TABLE_NAME).read_text() == text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 12. An empty or header-only table is a new table; another schema's header names the columns that differ.
+
+
+@pytest.mark.parametrize("content", ["", ",".join(COLUMNS)[:37], ",".join(COLUMNS), ",".join(COLUMNS) + "\n"],
+                         ids=["empty", "partial header", "header without newline", "header only"])  # fmt: skip
+def test_an_empty_or_header_only_table_is_a_new_table(content, tmp_path, capsys):
+    (tmp_path / TABLE_NAME).write_text(content)
+    assert len(load_table(tmp_path / TABLE_NAME)) == 0
+    code, _, err = run_cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and "no rows yet" in one_error_line(err)
+    assert (tmp_path / TABLE_NAME).read_text() == content  # readers leave it alone
+    code, out, _ = run_cli([*SMALL, "--estimator", "pathwise", "--out", str(tmp_path), "--no-report"], capsys)
+    assert code == 0 and "1 cells measured" in out
+    assert len(load_table(tmp_path / TABLE_NAME)) == 1
+
+
+def test_a_header_from_another_schema_names_the_columns_that_differ(small_run, tmp_path, capsys):
+    frame = pd.read_csv(small_run / TABLE_NAME, dtype=str, keep_default_na=False)
+    frame = frame.drop(columns=["kurtosis", "mse"]).rename(columns={"note": "remark"})
+    frame.to_csv(tmp_path / TABLE_NAME, index=False)
+    before = digest(tmp_path / TABLE_NAME)
+    for args in (["report", str(tmp_path)], [*SMALL, "--out", str(tmp_path)]):
+        code, _, err = run_cli(args, capsys)
+        line = one_error_line(err)
+        assert code == 2 and "missing columns note, kurtosis, mse" in line and "unexpected column remark" in line
+    assert digest(tmp_path / TABLE_NAME) == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Seeds: 0 <= seed < 2^63, and the seed columns round-trip exactly.
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**64 + 1)])
+def test_a_seed_outside_the_int64_range_is_refused(seed, tmp_path, capsys):
+    for command in ([*SMALL, "--out", str(tmp_path / "run")], ["baseline", "--out", str(tmp_path / "base")],
+                    ["regress", "--out", str(tmp_path / "reg")]):  # fmt: skip
+        code, _, err = run_cli([*command, f"--seed={seed}"], capsys)
+        assert code == 2 and f"--seed: must be an integer from 0 to 2^63 - 1, got '{seed}'" in one_error_line(err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_seed_columns_round_trip_exactly_and_large_seeds_resume(tmp_path, capsys):
+    args = [*SMALL, "--estimator", "pathwise", "--out", str(tmp_path), "--no-report"]
+    for seed in (2**63 - 1, 2**63 - 2):  # as floats, both are 2^63: the second was reported "already" done
+        code, out, _ = run_cli([*args, "--seed", str(seed)], capsys)
+        assert code == 0 and "1 cells measured" in out
+    frame = load_table(tmp_path / TABLE_NAME)
+    assert frame["base_seed"].dtype == "int64" and frame["seed"].dtype == "int64"
+    assert list(frame["base_seed"]) == [2**63 - 1, 2**63 - 2]
+    assert set(frame["seed"]) == {int(line.split(",")[COLUMNS.index("seed")])
+                                  for line in (tmp_path / TABLE_NAME).read_text().splitlines()[1:]}  # fmt: skip
+    code, out, _ = run_cli([*args, "--seed", str(2**63 - 1)], capsys)
+    assert code == 0 and "0 cells measured, 1 already" in out
