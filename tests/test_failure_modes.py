@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import cli, measure, table as table_module
+from bench import cli, measure
 from bench.table import COLUMNS, TABLE_NAME, load_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,22 @@ def digest(path: Path) -> str:
 
 def folder_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# A user problem module; {cost} is its cost.
+SOFTPLUS = """import torch
+from torch.distributions import Normal
+from estimators import custom_problem
+
+problem = custom_problem("edited", distribution=lambda theta: Normal(theta, torch.ones_like(theta)),
+                         cost=lambda x, theta: {cost})
+"""
+
+
+def _varbench(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=env)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +155,62 @@ def test_seed_columns_round_trip_exactly_and_large_seeds_resume(tmp_path, capsys
                                   for line in (tmp_path / TABLE_NAME).read_text().splitlines()[1:]}  # fmt: skip
     code, out, _ = run_cli([*args, "--seed", str(2**63 - 1)], capsys)
     assert code == 0 and "0 cells measured, 1 already" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. A user's problem is probed at a valid θ: wrong shapes, dtypes, non-finite values are one clear error.
+
+
+def _normal(theta):
+    import torch
+    from torch.distributions import Normal
+
+    return Normal(theta, torch.ones_like(theta))
+
+
+def _bad_problems():
+    import math
+
+    import torch
+    from torch.distributions import Normal
+
+    return [
+        (dict(cost=lambda x, t: x.sum()), "cost(x, θ) must return one value per sample, shape [N, *θ.shape] = [4, 3]"),
+        (dict(cost=lambda x, t: x.mean(dim=0)), "got shape [3]"),
+        (dict(cost=lambda x, t: x[..., None] * t), "got shape [4, 3, 3]"),
+        (dict(cost=lambda x, t: (x > 0).long()), "must return floating-point values, got dtype torch.int64"),
+        (dict(cost=lambda x, t: torch.log(x - x)), "returned non-finite values"),
+        (dict(cost=lambda x, t: float(x.sum())), "must return a tensor"),
+        (dict(distribution=lambda t: Normal(t.sum(), 1.0)), "must have θ's shape as its batch shape"),
+        (dict(distribution=lambda t: "normal"), "torch.distributions object"),
+        (dict(gradient=lambda t: math.nan), "gradient(θ) must be finite"),
+        (dict(objective=lambda t: [t]), "objective(θ) must return a number"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_a_bad_user_problem_is_refused_with_a_clear_error(index):
+    from estimators import ProblemError, custom_problem
+
+    changes, message = _bad_problems()[index]
+    spec = dict(distribution=_normal, cost=lambda x, t: x**2) | changes
+    with pytest.raises(ProblemError, match=re.escape(message)):
+        custom_problem("mine", spec.pop("distribution"), spec.pop("cost"), **spec)
+
+
+def test_a_wrong_shape_cost_from_the_command_line_is_one_line_and_writes_nothing(tmp_path):
+    (tmp_path / "shapes.py").write_text(SOFTPLUS.format(cost="x.sum()"))
+    result = _varbench(["run", "--problem", "shapes:problem", "--out", "out"], tmp_path)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr.strip() == ("varbench: error: --problem shapes:problem: problem edited: cost(x, θ) must return "
+                                     "one value per sample, shape [N, *θ.shape] = [4, 3] for samples x of shape "
+                                     "[4, 3]; got shape []")  # fmt: skip
+
+
+def test_a_problem_built_without_custom_problem_is_probed_too(tmp_path):
+    source = ("import dataclasses\nfrom estimators import make_problem\n"
+              "problem = dataclasses.replace(make_problem('seed_dependent'), cost=lambda x, t: x.sum())\n")  # fmt: skip
+    (tmp_path / "raw.py").write_text(source)
+    result = _varbench(["run", "--problem", "raw:problem", "--out", "out"], tmp_path)
+    assert result.returncode == 2 and "must return one value per sample" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
