@@ -156,6 +156,7 @@ class Sweep:
             problem = make_problem(self.problem, self.wrt, params)
             for theta in self.thetas:
                 problem.check_theta(theta)
+                self._check_point(problem, theta, variants)
             resolved = tuple(sorted(problem.params.items()))
             for theta, (estimator, options), scheme, n, device in itertools.product(
                 self.thetas, variants, self.variance_reductions, self.n_samples, devices
@@ -165,6 +166,17 @@ class Sweep:
                          self.dtype, self.replicates, options, scheme)
                 )  # fmt: skip
         return cells
+
+    def _check_point(self, problem: Problem, theta: float, variants) -> None:
+        """GridError for an estimator whose options cannot work at this θ (e.g. a step reaching outside θ's range),
+        where the estimator applies at all (elsewhere its cells are recorded as skipped)."""
+        for name, options in variants:
+            estimator = get_estimator(name)
+            if estimator.point_error is None or estimator.skip_reason(problem, max(self.n_samples)) is not None:
+                continue
+            reason = estimator.point_error(problem, float(theta), dict(options))
+            if reason:
+                raise GridError(reason)
 
     def _workload_cells(self, variants, devices) -> list[Cell]:
         """A workload's cells: θ is the checkpoint's training step; its parameters are fixed by the workload."""

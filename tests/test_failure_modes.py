@@ -214,3 +214,42 @@ def test_a_problem_built_without_custom_problem_is_probed_too(tmp_path):
     result = _varbench(["run", "--problem", "raw:problem", "--out", "out"], tmp_path)
     assert result.returncode == 2 and "must return one value per sample" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 11. Estimator parameters are checked against their declared ranges before anything is written.
+
+BAD_PARAMETERS = [
+    ("bernoulli_toy", "gumbel_softmax", "temperature=-1", "temperature of estimator gumbel_softmax"),
+    ("bernoulli_toy", "straight_through", "temperature=0", "must be a number > 0, got 0"),
+    ("bernoulli_toy", "rebar", "temperature=0", "temperature of estimator rebar"),
+    ("bernoulli_toy", "rebar", "eta=inf", "parameter eta of estimator rebar must be finite"),
+    ("bernoulli_toy", "relax", "train_steps=-1", "must be an integer >= 0, got -1"),
+    ("bernoulli_toy", "relax", "train_steps=2.5", "must be an integer >= 0, got 2.5"),
+    ("seed_dependent", "finite_difference", "step=0", "step of estimator finite_difference"),
+    ("seed_dependent", "finite_difference", "step=-0.1", "must be a number > 0, got -0.1"),
+]
+
+
+@pytest.mark.parametrize("problem, estimator, assignment, message", BAD_PARAMETERS, ids=[b[2] for b in BAD_PARAMETERS])
+def test_a_bad_estimator_parameter_is_refused_before_anything_is_written(problem, estimator, assignment, message,
+                                                                        tmp_path, capsys):  # fmt: skip
+    code, _, err = run_cli(["run", "--problem", problem, "--estimator", estimator, "--estimator-param", assignment,
+                            "--out", str(tmp_path / "out"), "--no-progress"], capsys)  # fmt: skip
+    assert code == 2 and message in one_error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_finite_difference_step_reaching_outside_the_valid_range_is_refused_up_front(tmp_path, capsys):
+    code, _, err = run_cli(["run", "--problem", "gaussian_cos", "--wrt", "sigma", "--theta", "0.05", "--estimator",
+                            "finite_difference", "--out", str(tmp_path / "out")], capsys)  # fmt: skip
+    assert code == 2 and "needs θ ± step inside the valid range (0, inf)" in one_error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_shipped_estimator_parameter_declares_its_range():
+    from estimators import ESTIMATORS
+
+    for estimator in ESTIMATORS.values():
+        assert set(estimator.parameter_ranges) == set(estimator.parameters), estimator.name
+        estimator.resolve_options()  # the defaults are inside their ranges
