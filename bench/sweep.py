@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import cell_progress
 from .executors import DaskExecutor, LocalExecutor
 from .grid import Cell, check_base_seed
 from .table import TABLE_NAME, append_row, load_table, prepare_for_append
@@ -60,11 +61,17 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
     bar = tqdm(total=len(todo), desc="varbench", unit="cell", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, mininterval=interval)  # fmt: skip
 
+    current = [""]
+
     def show(cell: Cell) -> None:
-        bar.set_postfix_str(f"{cell.problem} {cell.method} N={cell.n_samples}", refresh=False)
+        current[0] = f"{cell.problem} {cell.method} N={cell.n_samples}"
+        bar.set_postfix_str(current[0], refresh=False)
+
+    def show_inside(text: str) -> None:  # a long cell's own progress (bench/cell_progress.py)
+        bar.set_postfix_str(f"{current[0]}: {text}")
 
     written: set[Cell] = set()
-    with bar:
+    with bar, cell_progress.shown_by(show_inside, interval):
         for cell, row in (executor or LocalExecutor()).rows(todo, base_seed, timed=timed, show=show):
             if cell in written:  # an executor bug must not become a duplicate row
                 raise RuntimeError(f"executor returned cell {cell.cell_id} ({cell.method}) twice")

@@ -456,6 +456,7 @@ def estimate(
     variance_reduction: str = "none",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     parallel: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples.
 
@@ -467,7 +468,8 @@ def estimate(
     (at most PARALLEL_CALL_SAMPLES samples each) run on torch's threads, each drawing from its own stream
     seeded from one draw of the global generator; the numbers are the same whatever the thread count.
     Everything else, and everything when ``parallel`` is False (calls sized by the budget alone, on this
-    thread), draws from the global generator on ``device`` directly.
+    thread), draws from the global generator on ``device`` directly. ``progress``, if given, is called with the
+    number of samples each call just finished (from the thread that ran it), e.g. to show progress in a long cell.
     """
     if n_samples < 1:
         raise EstimatorError(f"n_samples must be >= 1, got {n_samples}")
@@ -496,12 +498,15 @@ def estimate(
             theta_batch = torch.full((replicates,), float(theta), dtype=dtype, device=device, requires_grad=True)
             total = torch.zeros_like(theta_batch)
             for first in range(0, n_samples, samples_per_call):
-                surrogate = surrogate_fn(problem, theta_batch, min(samples_per_call, n_samples - first), **resolved)
+                samples = min(samples_per_call, n_samples - first)
+                surrogate = surrogate_fn(problem, theta_batch, samples, **resolved)
                 # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
                 if surrogate.requires_grad:
                     (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)
                     if grad is not None:
                         total = total + grad.detach()
+                if progress is not None:
+                    progress(replicates * samples)
             return total / n_samples
 
         return run

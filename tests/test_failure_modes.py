@@ -253,3 +253,38 @@ def test_every_shipped_estimator_parameter_declares_its_range():
     for estimator in ESTIMATORS.values():
         assert set(estimator.parameter_ranges) == set(estimator.parameters), estimator.name
         estimator.resolve_options()  # the defaults are inside their ranges
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 13. The pilot of --replicates auto costs at most a quarter of the measurement; a long cell shows progress.
+
+
+@pytest.mark.parametrize("n", [1, 10, 1000, 20_000, 21_000, 10**5, 10**6, 10**9])
+def test_the_pilot_never_costs_more_than_a_quarter_of_the_measurement(n):
+    import numpy as np
+
+    pilot = measure.pilot_replicates(n)
+    for kurtosis_pilot in (np.array([]), np.random.default_rng(0).standard_t(3, 400)):
+        assert 4 * pilot <= measure.choose_replicates(kurtosis_pilot, n)
+
+
+def test_a_large_n_cell_runs_no_pilot(monkeypatch):
+    from bench.grid import Cell
+
+    drawn = []
+    real = measure.estimate
+    monkeypatch.setattr(measure, "estimate", lambda *a, **k: drawn.append(a[4]) or real(*a, **k))
+    row = measure.measure_cell(Cell("seed_dependent", (), "theta", 1.0, "pathwise", 2**20, "cpu"), 0, timed=False)
+    assert drawn == [100] and row["n_replicates"] == 100  # M = max(2^24 // N, 100), with or without a pilot
+
+
+def test_a_long_cell_shows_its_progress_on_the_bar(tmp_path, capsys, monkeypatch):
+    from bench import cell_progress, sweep
+    from bench.grid import Sweep, expand
+
+    monkeypatch.setattr(cell_progress, "QUIET_S", 0.0)  # every cell is "long"
+    cells = expand([Sweep("seed_dependent", thetas=(1.0,), estimators=("pathwise",), n_samples=(2**21,),
+                          replicates=10)])  # fmt: skip
+    sweep.run_cells(cells, tmp_path, 0, progress=True, timed=False)
+    err = capsys.readouterr().err
+    assert "seed_dependent pathwise N=2097152: estimates " in err and "%" in err
