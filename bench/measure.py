@@ -75,6 +75,8 @@ def base_row(cell: Cell, base_seed: int, started_at: str) -> dict:
         git_sha=environment.git_sha(),
         hostname=socket.gethostname(),
         started_at=started_at,
+        code_hash=environment.code_fingerprint(),
+        problem_hash=environment.problem_fingerprint(cell.problem),
     )
     return row
 

@@ -64,6 +64,8 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("git_sha", "str", "commit of varbench that produced the row (+ '-dirty' with uncommitted changes)"),
     ("hostname", "str", "machine that produced the row"),
     ("started_at", "str", "UTC time the cell started (ISO 8601)"),
+    ("code_hash", "str", "16 hex digits of sha256 over varbench's measuring source (bench/ and estimators/ but the CLI, report, plot and gate modules), committed or not; a re-run re-measures finished cells whose code_hash or problem_hash differs from the running code's (--keep-stale keeps them)"),
+    ("problem_hash", "str", "for a user problem (problem = module:attribute), 16 hex digits of sha256 over its module's source file; empty for varbench's own problems"),
     ("elapsed_s", "float", "wall time spent on the cell, pilot and timing included"),
 ]
 COLUMNS = [name for name, _, _ in SCHEMA]
@@ -194,7 +196,7 @@ def load_table(path: Path) -> pd.DataFrame:
         data = data[: data.rfind(b"\n") + 1]
     try:
         frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""],
-                            dtype={"note": str, **dict.fromkeys(SEED_COLUMNS, str)})  # fmt: skip
+                            dtype={"note": str, "code_hash": str, "problem_hash": str, **dict.fromkeys(SEED_COLUMNS, str)})  # fmt: skip
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TableError(f"results table {path} is corrupt ({first})") from None
@@ -220,7 +222,8 @@ def load_table(path: Path) -> pd.DataFrame:
         )
     for column in ("biased", "expected_unbiased"):
         frame[column] = frame[column].astype(str).str.lower().map({"true": True, "false": False})
-    frame["note"] = frame["note"].fillna("")
+    for column in ("note", "code_hash", "problem_hash"):
+        frame[column] = frame[column].fillna("")
     return frame
 
 
