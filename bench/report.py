@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ from estimators.discrete_estimators import exact_relaxed_mean
 
 from estimators.workloads import WORKLOADS
 
-from . import environment, plots
+from . import environment, plots, run_folder
 from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
 from .table import TABLE_NAME, TableError, latest_rows, load_table
 
@@ -329,7 +330,7 @@ def write_report(out_dir: Path) -> Path:
     errors = frame[frame["status"] == "error"]
 
     lines = [
-        "# varbench report",
+        run_folder.REPORT_TITLE,
         "",
         f"Rendered {datetime.now(timezone.utc).isoformat(timespec='seconds')} from `{TABLE_NAME}` "
         f"({len(ok)} measured cells, {len(skipped)} skipped, {len(errors)} failed). "
@@ -426,8 +427,18 @@ def write_report(out_dir: Path) -> Path:
     lines += ["Estimators:", ""] + [f"- `{e.name}`: {e.summary}" for e in ESTIMATORS.values()] + [""]
     lines += ["Variance reductions:", ""] + [f"- `{v.name}`: {v.summary}" for v in VARIANCE_REDUCTIONS.values()] + [""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    replace_whole(path, "\n".join(lines).encode("utf-8"))
     return path
+
+
+def replace_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` via a temporary file and a rename, so it is never seen (or left) half-written."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _regression_section(out_dir: Path) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import cell_progress
+from . import cell_progress, environment, run_folder
 from .executors import DaskExecutor, LocalExecutor
 from .grid import Cell, check_base_seed
 from .table import TABLE_NAME, append_row, load_table, prepare_for_append
@@ -22,19 +22,28 @@ class SweepOutcome:
     measured: int
     already_done: int
     errors: int
+    remeasured: int = 0  # finished cells measured again: stale (measured by other code), or all with force
+    kept_stale: int = 0  # finished cells measured by other code, kept (keep_stale)
 
 
-def finished_runs(table: Path) -> set[tuple]:
-    """Keys of cells already measured (ok or skipped) in ``table``; errors are retried."""
+def finished_runs(table: Path) -> dict[tuple, tuple[str, str]]:
+    """Keys of cells already measured (ok or skipped) in ``table``, each with the (code_hash, problem_hash) of
+    its latest such row; errors are retried."""
     if not table.exists():
-        return set()
+        return {}
     prepare_for_append(table)  # never repair or append to a file that is not this version's varbench table
     frame = load_table(table)
     done = frame[frame["status"].isin(["ok", "skipped"])]
     return {
-        (row.cell_id, int(row.base_seed), None if row.replicates_rule == "auto" else int(row.n_replicates))
+        (row.cell_id, int(row.base_seed), None if row.replicates_rule == "auto" else int(row.n_replicates)):
+        (row.code_hash, row.problem_hash)
         for row in done.itertuples()
     }
+
+
+def code_of(cell: Cell) -> tuple[str, str]:
+    """(code_hash, problem_hash) a row measured now by this process would carry."""
+    return environment.code_fingerprint(), environment.problem_fingerprint(cell.problem)
 
 
 def _cell_key(cell: Cell, base_seed: int) -> tuple:
@@ -43,18 +52,35 @@ def _cell_key(cell: Cell, base_seed: int) -> tuple:
 
 
 def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: bool = True,
-              executor: LocalExecutor | DaskExecutor | None = None, timed: bool = True) -> SweepOutcome:  # fmt: skip
+              executor: LocalExecutor | DaskExecutor | None = None, timed: bool = True, force: bool = False,
+              keep_stale: bool = False, wait: bool = False) -> SweepOutcome:  # fmt: skip
     """Measure every cell not already in ``out_dir/table.csv``, appending one row per finished cell.
 
     ``executor``: where cells run (default: in this process; see bench/executors.py). Wherever they run, rows
-    come back here and are appended by this process alone, in the order they finish. ``timed=False`` leaves
-    the timing columns empty (tests that only need the statistics).
+    come back here and are appended by this process alone, in the order they finish, under the folder's lock
+    (another process holding it: RunFolderError, or with ``wait`` wait for it). A finished cell measured by other
+    code (its row's code_hash or problem_hash differs) is measured again unless ``keep_stale``; ``force``
+    measures every cell again. Rows are only ever appended: readers take each cell's latest. ``timed=False``
+    leaves the timing columns empty (tests that only need the statistics).
     """
     check_base_seed(base_seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run_folder.ensure_writable(out_dir)
+    with run_folder.locked(out_dir, "run", wait=wait):
+        return _run_locked(cells, out_dir, base_seed, progress=progress, executor=executor, timed=timed, force=force,
+                           keep_stale=keep_stale)  # fmt: skip
+
+
+def _run_locked(cells, out_dir, base_seed, *, progress, executor, timed, force, keep_stale) -> SweepOutcome:
     table = out_dir / TABLE_NAME
     done = finished_runs(table)
-    todo = [cell for cell in cells if _cell_key(cell, base_seed) not in done]
+    stale = {cell for cell in cells if done.get(_cell_key(cell, base_seed), code_of(cell)) != code_of(cell)}
+    todo = [cell for cell in cells
+            if force or _cell_key(cell, base_seed) not in done or (cell in stale and not keep_stale)]  # fmt: skip
+    if stale and not force:
+        print(f"varbench: {len(stale)} finished cells were measured by other code (varbench's or the problem "
+              f"module's source changed since); " + ("keeping them (--keep-stale)" if keep_stale else
+              "measuring them again (--keep-stale keeps them)"), file=sys.stderr)  # fmt: skip
+    remeasured = sum(_cell_key(cell, base_seed) in done for cell in todo)
     errors = 0
     # In a log (CI, make bench > file) redraw rarely instead of hundreds of times.
     interval = 0.1 if sys.stderr.isatty() else 15.0
@@ -79,4 +105,5 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
             errors += row["status"] == "error"
             append_row(table, row)
             bar.update(1)
-    return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors)
+    return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors,
+                        remeasured=remeasured, kept_stale=len(stale) if keep_stale and not force else 0)
