@@ -204,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     cells = expand(sweeps, None if args.executor == "local" else ["cpu", "cuda"])  # every error before any start
     if args.force and args.keep_stale:
         raise UsageError("--force re-measures every cell and --keep-stale keeps some: give one of them")
+    run_folder.check_not_claimed(Path(args.out), "run")
     out = run_folder.ensure_writable(Path(args.out))
     if not args.no_report:
         run_folder.check_report_replaceable(out)

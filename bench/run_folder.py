@@ -176,6 +176,14 @@ def _never(folder: Path, entries: set[str]) -> bool:
     return False
 
 
+def check_not_claimed(folder: Path, command: str, flag: str = "--out") -> None:
+    """RunFolderError if another command's marker claims ``folder`` (``run`` must not append to a baseline)."""
+    marker = _read_marker(Path(folder)) if Path(folder).is_dir() else None
+    if marker is not None and marker["command"] != command:
+        raise RunFolderError(f"{flag} {folder} holds the output of `varbench {marker['command']}`; choose another "
+                             f"folder for `varbench {command}`")  # fmt: skip
+
+
 def check_claimable(folder: Path, command: str, *, adopt: Adopt = _never, flag: str = "--out") -> None:
     """RunFolderError unless ``command`` may write into ``folder`` (see ``claim``); reads only."""
     folder = Path(folder)

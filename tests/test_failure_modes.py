@@ -414,6 +414,13 @@ def test_a_baseline_without_rows_is_refused_not_compared(baseline_folder, tmp_pa
     assert code == 2 and "has no rows" in one_error_line(err) and not (tmp_path / "r").exists()
 
 
+def test_run_does_not_append_to_a_baseline_or_regression_folder(baseline_folder, tmp_path, capsys):
+    before = folder_digest(baseline_folder)
+    code, _, err = run_cli([*SMALL, "--out", str(baseline_folder)], capsys)
+    assert code == 2 and "holds the output of `varbench baseline`" in one_error_line(err)
+    assert folder_digest(baseline_folder) == before
+
+
 def test_no_message_advises_replacing_a_folder_that_holds_results(small_run, tmp_path, capsys):
     code, _, err = run_cli(["regress", "--baseline", str(small_run), "--out", str(tmp_path / "r")], capsys)
     line = one_error_line(err)
