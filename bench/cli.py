@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from estimators import (
@@ -19,15 +23,15 @@ from estimators import (
 
 from estimators.workloads import WORKLOADS
 
-from . import environment
+from . import environment, run_folder
 from .environment import DeviceError
 from .executors import EXECUTORS, ExecutorError, open_executor
-from .grid import CORE_ESTIMATORS, DTYPES, PRESETS, GridError, Sweep, expand, preset
+from .grid import CORE_ESTIMATORS, DTYPES, MIN_REPLICATES, PRESETS, GridError, Sweep, check_base_seed, expand, preset
 from .regression import BaselineError
-from .table import TableError
+from .table import TABLE_NAME, TableError
 
 USER_ERRORS = (ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError,
-               ExecutorError)
+               ExecutorError, run_folder.RunFolderError)
 
 
 class UsageError(ValueError):
@@ -39,14 +43,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `varbench {self.prog.split()[-1]} --help`)")
 
 
+def _items(text: str, what: str, kind: str) -> list[str]:
+    """The comma-separated items of ``text``; an empty value or an empty item is an error naming ``what``."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip():
+        raise UsageError(f"{what} is empty; give a comma-separated list of {kind}")
+    if "" in items:
+        raise UsageError(f"{what} has an empty item in {text!r}; give a comma-separated list of {kind}")
+    return items
+
+
 def _parse_list(text: str, what: str, convert, kind: str) -> tuple:
     values = []
-    for item in text.split(","):
+    for item in _items(text, what, kind):
         try:
-            values.append(convert(item.strip()))
+            values.append(convert(item))
         except ValueError:
-            raise UsageError(f"{what} must be a comma-separated list of {kind}, got {item.strip()!r}") from None
+            raise UsageError(f"{what} must be a comma-separated list of {kind}, got {item!r}") from None
     return tuple(values)
+
+
+def _names(text: str, what: str, kind: str) -> tuple[str, ...]:
+    return tuple(_items(text, what, kind))
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -68,7 +86,7 @@ def _params(assignments: list[str], flag: str = "--set") -> dict[str, tuple[floa
 
 
 def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
-    devices = tuple(d.strip() for d in args.device.split(","))
+    devices = _names(args.device, "--device", "devices (cpu, cuda, cuda:N, auto)")
     if args.preset:
         explicit = [flag for flag in ("problem", "theta", "n", "estimator", "wrt", "variance_reduction")
                     if getattr(args, flag) is not None]  # fmt: skip
@@ -80,11 +98,13 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
             sweeps = [dataclasses.replace(s, replicates=_replicates(args.replicates)) for s in sweeps]
         # A preset may fix a sweep's dtype (float64 cells); --dtype, when given, overrides every sweep.
         return [dataclasses.replace(s, dtype=args.dtype or s.dtype) for s in sweeps]
-    if not args.problem:
+    if args.problem is None:
         raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
-    estimators = CORE_ESTIMATORS if args.estimator is None else tuple(ESTIMATORS) if args.estimator == "all" else tuple(
-        e.strip() for e in args.estimator.split(",")
-    )
+    problems = _names(args.problem, "--problem", "problem names (see `varbench list`)")
+    estimators = CORE_ESTIMATORS if args.estimator is None else tuple(ESTIMATORS) if args.estimator == "all" else (
+        _names(args.estimator, "--estimator", "estimator names (see `varbench list`) or all"))
+    schemes = ("none",) if args.variance_reduction is None else _names(
+        args.variance_reduction, "--variance-reduction", "variance reductions (see `varbench list`)")
 
     def defaults(problem: str) -> tuple[tuple[str, ...], str]:
         # A workload runs its own estimators at its checkpoints unless told otherwise.
@@ -96,20 +116,31 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
 
     return [
         Sweep(
-            problem=problem.strip(),
-            thetas=_floats(args.theta or defaults(problem.strip())[1], "--theta"),
-            estimators=defaults(problem.strip())[0],
-            n_samples=_ints(args.n or "1,10,100,1000", "--n"),
+            problem=problem,
+            thetas=_floats(defaults(problem)[1] if args.theta is None else args.theta, "--theta"),
+            estimators=defaults(problem)[0],
+            n_samples=_ints("1,10,100,1000" if args.n is None else args.n, "--n"),
             devices=devices,
             wrt=args.wrt,
             params=_params(args.set),
             estimator_params=_params(args.estimator_param, "--estimator-param"),
-            variance_reductions=tuple(v.strip() for v in (args.variance_reduction or "none").split(",")),
+            variance_reductions=schemes,
             dtype=args.dtype or "float32",
-            replicates=_replicates(args.replicates or "auto"),
+            replicates=_replicates("auto" if args.replicates is None else args.replicates),
         )
-        for problem in args.problem.split(",")
+        for problem in problems
     ]
+
+
+def _text(what: str):
+    """An argparse type: any non-empty text (argparse names the flag; ``what`` says what is allowed)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty; give {what}")
+        return text
+
+    return parse
 
 
 def _positive_int(text: str) -> int:
@@ -122,13 +153,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        return check_base_seed(int(text))
+    except ValueError:  # GridError too; argparse prefixes "argument --seed: "
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2^63 - 1, got {text!r}") from None
+
+
 def _replicates(text: str) -> int | None:
-    if text == "auto":
+    if text.strip() == "auto":
         return None
     try:
         return int(text)
     except ValueError:
-        raise UsageError(f"--replicates must be 'auto' or an integer, got {text!r}") from None
+        raise UsageError(f"--replicates must be 'auto' or an integer >= {MIN_REPLICATES}, got {text!r}") from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a scheduler), raised where the signal arrives so that it unwinds like Ctrl-C."""
+
+
+def _stopped(stop: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+
+
+def _stop_code(stop: KeyboardInterrupt) -> int:
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+def _render_report(folder: Path) -> int | None:
+    """Render folder/report.md; on Ctrl-C or SIGTERM one line and the exit code. report.md is replaced whole
+    or not at all, so an interrupted render leaves the previous report (with its render time) or none."""
+    from . import report
+
+    try:
+        print(f"varbench: report written to {report.write_report(folder)}")
+    except KeyboardInterrupt as stop:
+        print(f"\nvarbench: {_stopped(stop)} while rendering the report; {folder / TABLE_NAME} is intact and "
+              f"`varbench report {folder}` renders it", file=sys.stderr)  # fmt: skip
+        return _stop_code(stop)
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -138,24 +202,31 @@ def _run(args: argparse.Namespace) -> int:
     # On a cluster the workers, not this machine, have or lack a GPU: cuda is checked when the cells run.
     executor = open_executor(args.executor, scheduler=args.scheduler, workers=args.workers)
     cells = expand(sweeps, None if args.executor == "local" else ["cpu", "cuda"])  # every error before any start
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+    if args.force and args.keep_stale:
+        raise UsageError("--force re-measures every cell and --keep-stale keeps some: give one of them")
+    run_folder.check_not_claimed(Path(args.out), "run")
+    out = run_folder.ensure_writable(Path(args.out))
+    if not args.no_report:
+        run_folder.check_report_replaceable(out)
     try:
-        with executor:
+        # The lock first, so a busy folder is reported before a cluster starts; this process appends every row.
+        with run_folder.locked(out, "run", wait=args.wait), executor:
             if args.executor != "local":  # --device auto: the devices the cluster's workers have
                 cells = expand(sweeps, executor.devices())
-            outcome = sweep.run_cells(cells, out, args.seed, progress=not args.no_progress, executor=executor)
-    except KeyboardInterrupt:
-        print(f"\nvarbench: interrupted; finished cells are saved in {out}/table.csv. "
+            outcome = sweep.run_cells(cells, out, args.seed, progress=not args.no_progress, executor=executor,
+                                      force=args.force, keep_stale=args.keep_stale)  # fmt: skip
+    except KeyboardInterrupt as stop:
+        print(f"\nvarbench: {_stopped(stop)}; finished cells are saved in {out / TABLE_NAME}. "
               "Run the same command again to resume.", file=sys.stderr)  # fmt: skip
-        return 130
-    print(f"varbench: {outcome.measured} cells measured, {outcome.already_done} already in {outcome.table}, "
-          f"{outcome.errors} failed")  # fmt: skip
+        return _stop_code(stop)
+    again = f" ({outcome.remeasured} of them again)" if outcome.remeasured else ""
+    kept = f" ({outcome.kept_stale} of them measured by other code, kept)" if outcome.kept_stale else ""
+    print(f"varbench: {outcome.measured} cells measured{again}, {outcome.already_done} already{kept} in "
+          f"{outcome.table}, {outcome.errors} failed")  # fmt: skip
     if not args.no_report:
-        from . import report  # matplotlib and seaborn: only when a report is drawn
-
-        print(f"varbench: report written to {report.write_report(out)}")
+        stopped = _render_report(out)
+        if stopped is not None:
+            return stopped
     if outcome.errors:
         print(f"varbench: {outcome.errors} cells failed (see the 'note' column); re-run to retry them", file=sys.stderr)
         return 1
@@ -171,14 +242,10 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _regress(args: argparse.Namespace) -> int:
-    from . import regression, report
+    from . import regression
 
-    try:
-        outcome = regression.run_regression(Path(args.baseline), Path(args.out), base_seed=args.seed,
-                                            progress=not args.no_progress)  # fmt: skip
-    except KeyboardInterrupt:
-        print("\nvarbench: interrupted", file=sys.stderr)
-        return 130
+    outcome = regression.run_regression(Path(args.baseline), Path(args.out), base_seed=args.seed,
+                                        progress=not args.no_progress, report=True)  # fmt: skip
     verdicts = outcome.verdicts
     counts = verdicts.groupby(["metric", "verdict"]).size().unstack(fill_value=0)
     print("varbench: regression check against", args.baseline)
@@ -187,8 +254,7 @@ def _regress(args: argparse.Namespace) -> int:
         print("  " + regression.describe_verdict(row))
     if not outcome.fingerprint_matches:
         print("varbench: speed was measured on another machine than the baseline: reported, not gated")
-    print(f"varbench: verdicts in {Path(args.out) / regression.REGRESSIONS_CSV}; "
-          f"report in {report.write_report(Path(args.out))}")  # fmt: skip
+    print(f"varbench: verdicts in {Path(args.out) / regression.REGRESSIONS_CSV}; report in {outcome.report}")
     if len(outcome.regressed):
         print(f"varbench: {len(outcome.regressed)} regression(s):", file=sys.stderr)
         for _, row in outcome.regressed.iterrows():
@@ -202,6 +268,7 @@ def _perf(args: argparse.Namespace) -> int:
     from .environment import resolve_devices
 
     config = perf.PerfConfig(devices=tuple(resolve_devices(args.device)), billion=not args.no_billion)
+    run_folder.ensure_writable(Path(args.out))
     table = perf.run_perf(Path(args.out), config, progress=lambda m: print(f"varbench perf: {m}", flush=True))
     print(f"varbench: performance report written to {perf.write_perf_report(Path(args.out))}")
     missed = table[table["meets_target"].astype(str).str.lower() == "false"]
@@ -212,10 +279,12 @@ def _perf(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from . import report
-
-    print(f"varbench: report written to {report.write_report(Path(args.dir))}")
-    return 0
+    folder = Path(args.dir)
+    if not (folder / TABLE_NAME).is_file():
+        raise TableError(f"no results table at {folder / TABLE_NAME}")
+    run_folder.ensure_writable(folder, "DIR")
+    run_folder.check_report_replaceable(folder)
+    return _render_report(folder) or 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -252,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--problem", help="problem name(s), comma-separated (see `varbench list`)")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
                      help="problem parameter, e.g. --set k=-3 (several values sweep it); repeatable")  # fmt: skip
-    run.add_argument("--wrt", help="parameter θ stands for (mu or sigma for the Gaussian costs)")
-    run.add_argument("--theta", help="θ values, e.g. 0,1,3 (for a leading minus write --theta=-1,2); default 1")
+    run.add_argument("--wrt", type=_text("a parameter name (see `varbench list`)"),
+                     help="parameter θ stands for (mu or sigma for the Gaussian costs)")
+    run.add_argument("--theta", help="θ values, e.g. 0,1,3 or -1,2; default 1")
     run.add_argument("--estimator",
                      help="estimator name(s), comma-separated, or all (peers included); default: all but peers")
     run.add_argument("--estimator-param", action="append", default=[], metavar="NAME=VALUE[,VALUE…]",
@@ -264,12 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "except for --preset ci, which fixes 2000)")  # fmt: skip
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated, or auto (= all available)")
     run.add_argument("--dtype", choices=list(DTYPES), help="float32 (default) or float64; overrides a preset's dtypes")
-    run.add_argument("--seed", type=int, default=0, help="base seed; each cell's seed is a hash of it and the cell")
-    run.add_argument("--out", default="results/latest", help="results folder (re-running into it resumes)")
+    run.add_argument("--seed", type=_seed, default=0, help="base seed; each cell's seed is a hash of it and the cell")
+    run.add_argument("--out", default="results/latest", type=_text("a folder"),
+                     help="results folder (re-running into it resumes)")
+    run.add_argument("--force", action="store_true", help="re-measure every cell, even those already in the table")
+    run.add_argument("--keep-stale", action="store_true",
+                     help="keep finished cells measured by other code (another varbench, or an edited user problem) "
+                     "instead of re-measuring them")  # fmt: skip
+    run.add_argument("--wait", action="store_true",
+                     help="if another varbench run is writing --out, wait for it instead of stopping")
     run.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="where cells run: local (default, in this process) or dask (a dask.distributed cluster; "
                      "pip install -e '.[dask]')")  # fmt: skip
-    run.add_argument("--scheduler", metavar="ADDRESS",
+    run.add_argument("--scheduler", metavar="ADDRESS", type=_text("a scheduler address, e.g. tcp://host:8786"),
                      help="with --executor dask: an existing cluster's scheduler, e.g. tcp://host:8786")  # fmt: skip
     run.add_argument("--workers", type=_positive_int, metavar="K",
                      help="with --executor dask and no --scheduler: worker processes of the embedded cluster "
@@ -279,27 +356,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     base = commands.add_parser("baseline", help="record the regression baseline: the ci preset and speed benchmarks")
-    base.add_argument("--out", default="results/baseline", help="baseline folder (its contents are replaced)")
-    base.add_argument("--seed", type=int, default=0, help="base seed of the baseline run")
+    base.add_argument("--out", default="results/baseline", type=_text("a folder"),
+                      help="baseline folder: new, empty, or one a baseline was recorded into (its files are replaced)")
+    base.add_argument("--seed", type=_seed, default=0, help="base seed of the baseline run")
     base.add_argument("--no-progress", action="store_true", help="no progress bar")
     base.set_defaults(handler=_baseline)
 
     reg = commands.add_parser("regress", help="re-measure the baseline's grid and fail on a statistical regression")
-    reg.add_argument("--baseline", default="results/baseline", help="baseline folder (from `varbench baseline`)")
-    reg.add_argument("--out", default="results/regress", help="folder for this run (replaced each time)")
-    reg.add_argument("--seed", type=int, help="base seed (default: the baseline's, so unchanged code reproduces it)")
+    reg.add_argument("--baseline", default="results/baseline", type=_text("a folder"),
+                     help="baseline folder (from `varbench baseline`)")
+    reg.add_argument("--out", default="results/regress", type=_text("a folder"),
+                     help="folder for this run: new, empty, or one regress wrote (its files are replaced)")
+    reg.add_argument("--seed", type=_seed, help="base seed (default: the baseline's, so unchanged code reproduces it)")
     reg.add_argument("--no-progress", action="store_true", help="no progress bar")
     reg.set_defaults(handler=_regress)
 
     prf = commands.add_parser("perf", help="performance: RNG floor, loop vs vectorised, memory, relative cost")
     prf.add_argument("--device", default="auto", help="cpu, cuda, comma-separated, or auto (= all available)")
-    prf.add_argument("--out", default="results/perf", help="folder for perf.csv and perf.md")
+    prf.add_argument("--out", default="results/perf", type=_text("a folder"), help="folder for perf.csv and perf.md")
     prf.add_argument("--no-billion", action="store_true", help="skip the 10^9-sample memory cell (~15 s on a CPU)")
     prf.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     prf.set_defaults(handler=_perf)
 
     rep = commands.add_parser("report", help="re-render plots and report.md from DIR/table.csv")
-    rep.add_argument("dir", help="results folder holding table.csv")
+    rep.add_argument("dir", type=_text("a results folder"), help="results folder holding table.csv")
     rep.set_defaults(handler=_report)
 
     lst = commands.add_parser("list", help="list problems, estimators and presets")
@@ -307,15 +387,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value may start with a minus sign (θ = -1, N = -5 to be refused with its own message).
+_NUMERIC_OPTIONS = ("--theta", "--n", "--set", "--estimator-param", "--seed", "--replicates", "--workers")
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--theta -1,2`` -> ``--theta=-1,2``: argparse takes "-1,2" for an option (only "-1" looks numeric to it)."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in _NUMERIC_OPTIONS and re.match(r"-[0-9.]", token) and "--" not in out:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _terminate_on_sigterm():
+    """Make SIGTERM raise Terminated in the main thread; returns a function that restores the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not interrupt the unwinding
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is left at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by something without a file descriptor
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     # Sweeps, perf and regression runs time the estimators, not glibc returning and re-faulting their memory.
     environment.keep_freed_memory()
+    restore = _terminate_on_sigterm()
     try:
-        args = build_parser().parse_args(argv)
-        return args.handler(args)
+        args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader that went away shows up here, not in the interpreter's exit
+        return code
     except (UsageError, *USER_ERRORS) as error:
         print(f"varbench: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM anywhere else: one line, not a traceback
+        print(f"\nvarbench: {_stopped(stop)}", file=sys.stderr)
+        return _stop_code(stop)
+    except BrokenPipeError:
+        # `varbench list | head -1`: the reader has what it wanted; exit as a process killed by SIGPIPE would.
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

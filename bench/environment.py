@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
+
+from estimators.problems import import_user_module
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -109,6 +113,39 @@ def git_sha() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
+
+
+# Modules that only drive, render or gate a sweep: editing them changes no number in a table, so they are not
+# part of code_fingerprint (every other module of bench/ and estimators/ is).
+NOT_MEASURING = frozenset({"bench/__main__.py", "bench/cli.py", "bench/perf.py", "bench/plots.py", "bench/regression.py",
+                           "bench/report.py", "bench/run_folder.py", "bench/speed_benchmarks.py",
+                           "bench/workload_report.py"})  # fmt: skip
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """16 hex digits of sha256 over varbench's measuring source files: unlike git_sha it changes with any edit,
+    committed or not, and not with edits elsewhere (docs, tests, the report)."""
+    digest = hashlib.sha256()
+    for path in sorted([*(_REPO / "bench").glob("*.py"), *(_REPO / "estimators").glob("*.py")]):
+        name = path.relative_to(_REPO).as_posix()
+        if name not in NOT_MEASURING:
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def problem_fingerprint(problem: str) -> str:
+    """16 hex digits of sha256 over the source file of a user problem's module (``module:attribute``), read once
+    per process; '' for varbench's own problems (code_fingerprint covers them)."""
+    module_name, sep, _ = problem.partition(":")
+    if not sep:
+        return ""
+    try:
+        source = getattr(sys.modules.get(module_name) or import_user_module(module_name), "__file__", None)
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    except Exception:  # noqa: BLE001 - the cell's own import reports why; its error row still needs this column
+        return "unknown"
 
 
 # glibc returns freed blocks above its mmap threshold (and the heap's free top) to the kernel, so each call's

@@ -32,6 +32,16 @@ class GridError(ValueError):
     """An invalid sweep axis value; the message names it and what is allowed."""
 
 
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 (bench.table.MAX_SEED)
+
+
+def check_base_seed(seed: object) -> int:
+    """``seed`` if it is an integer in [0, 2^63): the table stores seeds as int64."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise GridError(f"--seed must be an integer from 0 to 2^63 - 1, got {seed}")
+    return seed
+
+
 @dataclass(frozen=True)
 class Cell:
     problem: str
@@ -151,6 +161,7 @@ class Sweep:
             problem = make_problem(self.problem, self.wrt, params)
             for theta in self.thetas:
                 problem.check_theta(theta)
+                self._check_point(problem, theta, variants)
             resolved = tuple(sorted(problem.params.items()))
             for theta, (estimator, options), scheme, n, device in itertools.product(
                 self.thetas, variants, self.variance_reductions, self.n_samples, devices
@@ -160,6 +171,17 @@ class Sweep:
                          self.dtype, self.replicates, options, scheme)
                 )  # fmt: skip
         return cells
+
+    def _check_point(self, problem: Problem, theta: float, variants) -> None:
+        """GridError for an estimator whose options cannot work at this θ (e.g. a step reaching outside θ's range),
+        where the estimator applies at all (elsewhere its cells are recorded as skipped)."""
+        for name, options in variants:
+            estimator = get_estimator(name)
+            if estimator.point_error is None or estimator.skip_reason(problem, max(self.n_samples)) is not None:
+                continue
+            reason = estimator.point_error(problem, float(theta), dict(options))
+            if reason:
+                raise GridError(reason)
 
     def _workload_cells(self, variants, devices) -> list[Cell]:
         """A workload's cells: θ is the checkpoint's training step; its parameters are fixed by the workload."""

@@ -27,7 +27,7 @@ from estimators.variance_reduction import compose
 from estimators.workload import one_thread
 from estimators.workloads import WORKLOADS, estimate_workload
 
-from . import cost, environment
+from . import cell_progress, cost, environment
 from .grid import DTYPES, Cell
 from .statistics import (
     TARGET_VARIANCE_REL_SE,
@@ -41,8 +41,9 @@ from .statistics import (
 )
 from .table import COLUMNS
 
-PILOT_REPLICATES = 400
 AUTO_MIN_REPLICATES = 800  # Gaussian estimates: 5% relative s.e. of the variance needs M ≈ 800
+# A quarter of the smallest M the rule chooses, so the pilot never costs more than a quarter of the measurement.
+PILOT_REPLICATES = AUTO_MIN_REPLICATES // 4
 AUTO_MAX_REPLICATES = 20_000
 MAX_SAMPLES_PER_CELL = 1 << 24  # caps M·N for auto replicates; the achieved precision is in grad_var_rel_se
 # A workload's sample holds a whole data set's activations (569 patients, 100 images): 10³-10⁵ times a toy
@@ -81,8 +82,16 @@ def base_row(cell: Cell, base_seed: int, started_at: str) -> dict:
         git_sha=environment.git_sha(),
         hostname=socket.gethostname(),
         started_at=started_at,
+        code_hash=environment.code_fingerprint(),
+        problem_hash=environment.problem_fingerprint(cell.problem),
     )
     return row
+
+
+def pilot_replicates(n_samples: int) -> int:
+    """Estimates in an auto-sized cell's pilot: PILOT_REPLICATES, or none where the M·N cap alone fixes M
+    (N > 2^24 / 800: M = max(2^24 // N, 100) whatever the kurtosis)."""
+    return PILOT_REPLICATES if MAX_SAMPLES_PER_CELL // n_samples > AUTO_MIN_REPLICATES else 0
 
 
 def choose_replicates(pilot: np.ndarray, n_samples: int) -> int:
@@ -188,10 +197,11 @@ def measure_statistics(cell: Cell, base_seed: int) -> Measured:
         row.update(status="skipped", note=reason)
         return Measured(cell, row)
 
-    def draw(replicates: int) -> torch.Tensor:
+    def draw(replicates: int, label: str | None = None) -> torch.Tensor:
+        shown = None if label is None else cell_progress.tracker(f"{cell.method} {label}", replicates * cell.n_samples)
         return estimate(estimator, problem, cell.theta, cell.n_samples, replicates,
                         device=cell.device, dtype=DTYPES[cell.dtype], options=options,
-                        variance_reduction=cell.variance_reduction)  # fmt: skip
+                        variance_reduction=cell.variance_reduction, progress=shown)  # fmt: skip
 
     seed = row["seed"]
     if problem.gradient is None:
@@ -200,11 +210,13 @@ def measure_statistics(cell: Cell, base_seed: int) -> Measured:
                        f"(± {row['true_grad_se']:.3g})")  # fmt: skip
     if cell.replicates is None:
         torch.manual_seed(seed ^ 0x5EED)  # the pilot uses its own stream, so M does not select the data
-        replicates = choose_replicates(draw(PILOT_REPLICATES).double().cpu().numpy(), cell.n_samples)
+        pilot = pilot_replicates(cell.n_samples)
+        replicates = choose_replicates(draw(pilot, "pilot").double().cpu().numpy() if pilot else np.array([]),
+                                       cell.n_samples)  # fmt: skip
     else:
         replicates = cell.replicates
     torch.manual_seed(seed)
-    estimates = draw(replicates).double().cpu().numpy()
+    estimates = draw(replicates, "estimates").double().cpu().numpy()
     finite = estimates[np.isfinite(estimates)]
     row["n_replicates"] = replicates
     row["n_nonfinite"] = int(estimates.size - finite.size)

@@ -63,8 +63,14 @@ def _save(fig, path: Path) -> Path:
             # short log axis they carry the only labels, so they stay there.
             if axis.get_scale() == "log" and low > 0 and high / low > 100:
                 axis.set_minor_locator(matplotlib.ticker.NullLocator())
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    # Via a temporary file and a rename: an interrupted render leaves the previous plot, not a truncated one.
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(temporary, dpi=100, format="png")
+        temporary.replace(path)
+    finally:
+        plt.close(fig)
+        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import environment
+from . import environment, run_folder
 from .statistics import Z95
 from .table import TABLE_NAME, TableError, latest_rows, load_table
 
@@ -66,8 +65,32 @@ class BaselineError(ValueError):
     """A missing, corrupt or mismatched baseline; the message says how to make one."""
 
 
+BASELINE_FILES = frozenset({TABLE_NAME, SPEED_JSON, META_JSON})
+# What `varbench regress` writes into its folder (besides the report's plots).
+REGRESS_FILES = (TABLE_NAME, SPEED_JSON, SPEED_COMPARE_TXT, REGRESSIONS_CSV, "report.md")
+
+
+def _is_old_baseline(folder: Path, entries: set[str]) -> bool:
+    """A baseline folder recorded before markers existed (the committed one): exactly the baseline's files."""
+    return entries == BASELINE_FILES
+
+
+def _is_old_regress_run(folder: Path, entries: set[str]) -> bool:
+    """A regression folder written before markers existed: its verdicts, its report, and nothing but the names
+    `regress` writes."""
+    return (REGRESSIONS_CSV in entries and run_folder.is_varbench_report(folder / "report.md")
+            and all(name in REGRESS_FILES or name.endswith(".png") for name in entries))  # fmt: skip
+
+
 def _remedy(folder: Path) -> str:
-    return f"run `make baseline` (or `varbench baseline --out {folder}`) to record one"
+    # Never advise recording into a folder that holds anything else: `baseline` would refuse it, and it must not
+    # read as advice to replace someone's results.
+    try:
+        run_folder.check_claimable(folder, "baseline", adopt=_is_old_baseline)
+        where = f"`varbench baseline --out {folder}`"
+    except run_folder.RunFolderError:
+        where = "`varbench baseline --out NEW_FOLDER` (a new or empty folder) and pass --baseline NEW_FOLDER"
+    return f"record one with {where}, or run `make baseline` to re-record results/baseline"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -362,6 +385,8 @@ def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:
         table = load_table(folder / TABLE_NAME)
     except TableError as error:
         raise BaselineError(f"{error}; {_remedy(folder)}") from None
+    if not len(table):
+        raise BaselineError(f"baseline table {folder / TABLE_NAME} has no rows; {_remedy(folder)}")
     speed: dict = {}
     if (folder / SPEED_JSON).exists():
         try:
@@ -377,6 +402,7 @@ def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:
 class RegressionOutcome:
     verdicts: pd.DataFrame
     fingerprint_matches: bool
+    report: Path | None = None
 
     @property
     def regressed(self) -> pd.DataFrame:
@@ -384,47 +410,65 @@ class RegressionOutcome:
 
 
 def record_baseline(folder: Path, *, preset_name: str = "ci", base_seed: int = 0, progress: bool = True) -> Path:
-    """Measure ``preset_name`` and the speed benchmarks into ``folder`` (replacing what was there)."""
+    """Measure ``preset_name`` and the speed benchmarks into ``folder``: a new or empty folder, or one a baseline
+    was recorded into before (then the files it recorded are replaced; nothing else is touched)."""
     from . import grid, sweep  # noqa: PLC0415 - heavy imports only when running
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (TABLE_NAME, SPEED_JSON, META_JSON):
-        (folder / name).unlink(missing_ok=True)
-    outcome = sweep.run_cells(grid.expand(grid.preset(preset_name)), folder, base_seed, progress=progress)
-    if outcome.errors:
-        raise RuntimeError(f"{outcome.errors} baseline cells failed (see {outcome.table}); not recording a baseline")
-    speed = run_speed_benchmarks(folder / SPEED_JSON)
-    meta = dict(preset=preset_name, base_seed=base_seed, git_sha=environment.git_sha(),
-                machine=machine_fingerprint(speed), python=platform.python_version())  # fmt: skip
-    (folder / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    cells = grid.expand(grid.preset(preset_name))
+    grid.check_base_seed(base_seed)
+    run_folder.check_claimable(folder, "baseline", adopt=_is_old_baseline)  # before anything is written
+    run_folder.ensure_writable(folder)
+    with run_folder.locked(folder, "baseline", wait_hint=""):
+        claim = run_folder.claim(folder, "baseline", tuple(sorted(BASELINE_FILES)), adopt=_is_old_baseline)
+        outcome = sweep.run_cells(cells, folder, base_seed, progress=progress)
+        if outcome.errors:
+            raise RuntimeError(f"{outcome.errors} baseline cells failed (see {outcome.table}); not recording a baseline")
+        speed = run_speed_benchmarks(folder / SPEED_JSON)
+        meta = dict(preset=preset_name, base_seed=base_seed, git_sha=environment.git_sha(),
+                    machine=machine_fingerprint(speed), python=platform.python_version())  # fmt: skip
+        (folder / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        claim.record()
     return folder
 
 
-def run_regression(baseline_folder: Path, out: Path, *, base_seed: int | None = None, progress: bool = True) -> RegressionOutcome:
-    """Re-measure the baseline's preset into ``out`` and compare; writes ``out/regressions.csv``."""
+def run_regression(baseline_folder: Path, out: Path, *, base_seed: int | None = None, progress: bool = True,
+                   report: bool = False) -> RegressionOutcome:  # fmt: skip
+    """Re-measure the baseline's preset into ``out`` and compare; writes ``out/regressions.csv`` (and, with
+    ``report``, ``out/report.md``). ``out`` is new, empty, or a folder ``regress`` wrote before: a regression
+    run is always a fresh measurement, so the files it wrote there before are replaced, and only those."""
     from . import grid, sweep  # noqa: PLC0415
 
     baseline, baseline_speed, meta = load_baseline(baseline_folder)  # fails before any work is done
     out = Path(out)
     if out.resolve() == Path(baseline_folder).resolve():
         raise BaselineError(f"--out {out} is the baseline folder; choose another")
-    if out.exists():
-        shutil.rmtree(out)  # a regression run is always a fresh measurement of the current code
     seed = meta["base_seed"] if base_seed is None else base_seed
-    sweep.run_cells(grid.expand(grid.preset(meta["preset"])), out, seed, progress=progress)
-    new = load_table(out / TABLE_NAME)
-    verdicts = [compare_tables(baseline, new)]
-    same_machine = False
-    if baseline_speed:
-        speed = run_speed_benchmarks(out / SPEED_JSON)
-        same_machine = machine_fingerprint(speed) == machine_fingerprint(baseline_speed)
-        verdicts.append(compare_speed(baseline_speed, speed))
-        write_pytest_benchmark_compare(Path(baseline_folder) / SPEED_JSON, out / SPEED_JSON, out / SPEED_COMPARE_TXT)
-    frame = pd.concat([v for v in verdicts if len(v)], ignore_index=True)
-    frame = frame.sort_values("verdict", key=lambda s: s.map(VERDICTS.index), kind="stable").reset_index(drop=True)
-    frame.to_csv(out / REGRESSIONS_CSV, index=False)
-    return RegressionOutcome(frame, same_machine)
+    cells = grid.expand(grid.preset(meta["preset"]))
+    grid.check_base_seed(seed)
+    run_folder.check_claimable(out, "regress", adopt=_is_old_regress_run)
+    run_folder.ensure_writable(out)
+    with run_folder.locked(out, "regress", wait_hint=""):
+        claim = run_folder.claim(out, "regress", REGRESS_FILES, adopt=_is_old_regress_run)
+        sweep.run_cells(cells, out, seed, progress=progress)
+        new = load_table(out / TABLE_NAME)
+        verdicts = [compare_tables(baseline, new)]
+        same_machine = False
+        if baseline_speed:
+            speed = run_speed_benchmarks(out / SPEED_JSON)
+            same_machine = machine_fingerprint(speed) == machine_fingerprint(baseline_speed)
+            verdicts.append(compare_speed(baseline_speed, speed))
+            write_pytest_benchmark_compare(Path(baseline_folder) / SPEED_JSON, out / SPEED_JSON, out / SPEED_COMPARE_TXT)
+        frame = pd.concat([v for v in verdicts if len(v)], ignore_index=True)
+        frame = frame.sort_values("verdict", key=lambda s: s.map(VERDICTS.index), kind="stable").reset_index(drop=True)
+        frame.to_csv(out / REGRESSIONS_CSV, index=False)
+        outcome = RegressionOutcome(frame, same_machine)
+        if report:
+            from .report import write_report  # noqa: PLC0415 - report imports this module
+
+            outcome = RegressionOutcome(frame, same_machine, write_report(out))
+        claim.record()
+    return outcome
 
 
 def write_pytest_benchmark_compare(baseline_json: Path, new_json: Path, path: Path) -> None:

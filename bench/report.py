@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,11 +17,11 @@ from estimators.discrete_estimators import exact_relaxed_mean
 
 from estimators.workloads import WORKLOADS
 
-from . import environment, plots, verdict
-from .workload_report import choice_lines, workload_biases, workload_sections
+from . import environment, plots, run_folder, verdict
 from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z
+from .table import TABLE_NAME, TableError, latest_rows, load_table
 from .verdict import fmt
-from .table import TABLE_NAME, latest_rows, load_table
+from .workload_report import choice_lines, workload_biases, workload_sections
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
 
@@ -318,6 +319,8 @@ def write_report(out_dir: Path) -> Path:
     """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``."""
     out_dir = Path(out_dir)
     frame = latest_rows(load_table(out_dir / TABLE_NAME))
+    if not len(frame):
+        raise TableError(f"results table {out_dir / TABLE_NAME} has no rows yet (`varbench run --out {out_dir}` adds them)")
     # The report compares estimator variants (parameters, variance reduction), so they are its "estimators".
     frame = frame.assign(estimator=frame["method"])
     ok = frame[frame["status"] == "ok"].copy()
@@ -325,7 +328,7 @@ def write_report(out_dir: Path) -> Path:
     errors = frame[frame["status"] == "error"]
 
     lines = [
-        "# varbench report",
+        run_folder.REPORT_TITLE,
         "",
         f"Rendered {datetime.now(timezone.utc).isoformat(timespec='seconds')} from `{TABLE_NAME}` "
         f"({len(ok)} measured cells, {len(skipped)} skipped, {len(errors)} failed). "
@@ -432,7 +435,7 @@ def write_report(out_dir: Path) -> Path:
     lines += ["Estimators:", ""] + [f"- `{e.name}`: {e.summary}" for e in ESTIMATORS.values()] + [""]
     lines += ["Variance reductions:", ""] + [f"- `{v.name}`: {v.summary}" for v in VARIANCE_REDUCTIONS.values()] + [""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    replace_whole(path, "\n".join(lines).encode("utf-8"))
     return path
 
 
@@ -444,6 +447,14 @@ def _figure(path: Path, rows: pd.DataFrame | None = None, column: str | None = N
         if missing:
             lines += [f"*Not drawn (zero variance in every cell, no place on a log axis): {', '.join(missing)}.*", ""]
     return lines
+def replace_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` via a temporary file and a rename, so it is never seen (or left) half-written."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _regression_section(out_dir: Path) -> list[str]:

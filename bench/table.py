@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +75,8 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("git_sha", "str", "commit of varbench that produced the row (+ '-dirty' with uncommitted changes)"),
     ("hostname", "str", "machine that produced the row"),
     ("started_at", "str", "UTC time the cell started (ISO 8601)"),
+    ("code_hash", "str", "16 hex digits of sha256 over varbench's measuring source (bench/ and estimators/ but the CLI, report, plot and gate modules), committed or not; a re-run re-measures finished cells whose code_hash or problem_hash differs from the running code's (--keep-stale keeps them)"),
+    ("problem_hash", "str", "for a user problem (problem = module:attribute), 16 hex digits of sha256 over its module's source file; empty for varbench's own problems"),
     ("elapsed_s", "float", "wall time spent on the cell: its statistics (pilot included) plus cost_time_s"),
 ]
 COLUMNS = [name for name, _, _ in SCHEMA]
@@ -112,44 +115,107 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         os.fsync(handle.fileno())
 
 
-def check_header(path: Path) -> None:
-    """Raise TableError unless the file starts with this version's header line."""
-    with open(path, "rb") as handle:
-        first = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-    if first != ",".join(COLUMNS):
-        raise TableError(
-            f"results table {path} is corrupt or from another varbench version (its header does not match the "
-            "schema in results/README.md); move it away or choose another --out"
-        )
+HEADER = ",".join(COLUMNS)
+SEED_COLUMNS = ("seed", "base_seed")  # read as exact int64: as floats, seeds near 2^63 collide
+MAX_SEED = 2**63 - 1
 
 
-def drop_partial_last_line(path: Path) -> bool:
-    """Remove a trailing line without a newline (a row cut off by a killed run). Returns whether it did."""
+def partial_row_warning(path: Path) -> str:
+    """The one line every reader and the writer print for a row cut off by a killed run."""
+    return f"varbench: ignoring the partial last row of {path} (left by an interrupted run)"
+
+
+def _is_unstarted(data: bytes) -> bool:
+    """An empty file, or a header cut off before its newline (a kill before the first row): a new table."""
+    return HEADER.encode().startswith(data)
+
+
+def _header_problem(path: Path, first_line: str, *, strict: bool) -> str | None:
+    """None when ``first_line`` is this version's header (``strict``: exactly; else: it has every column);
+    otherwise one sentence naming the columns that differ."""
+    found = next(csv.reader([first_line]), [])
+    missing = [c for c in COLUMNS if c not in found]
+    unexpected = [c for c in found if c not in COLUMNS]
+    if first_line == HEADER or not (strict or missing):
+        return None
+
+    def listed(what: str, names: list[str]) -> str:
+        shown = ", ".join(names[:8]) + (f", … ({len(names)} in all)" if len(names) > 8 else "")
+        return f"{what} column{'s' if len(names) > 1 else ''} {shown}"
+
+    parts = [listed("missing", missing)] * bool(missing) + [listed("unexpected", unexpected)] * bool(unexpected)
+    detail = "; ".join(parts) or "the same columns in another order"
+    return (f"results table {path} is corrupt or from another varbench version ({detail}; the schema is in "
+            "results/README.md); move it away or choose another --out")  # fmt: skip
+
+
+def prepare_for_append(path: Path) -> None:
+    """Before ``run`` appends: refuse a file that is not this version's table, and repair what a killed run of
+    varbench left (a cut-off header or last row), with the readers' warning. Only the writer modifies the file."""
+    if not path.exists():
+        return
     data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return False
-    path.write_bytes(data[: data.rfind(b"\n") + 1])
-    return True
+    if _is_unstarted(data):
+        if data:
+            path.write_bytes(b"")  # varbench's own header, cut off: append_rows writes it again
+        return
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    problem = _header_problem(path, first, strict=True)  # rows are appended in this version's column order
+    if problem:
+        raise TableError(problem)
+    if not data.endswith(b"\n"):
+        print(partial_row_warning(path), file=sys.stderr)
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _exact_seeds(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """A seed column as exact integers (int64, or nullable Int64 with empty cells), never through float."""
+    values = []
+    for line, text in enumerate(frame[column], start=2):
+        if pd.isna(text) or text == "":
+            values.append(None)
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= MAX_SEED:
+            raise TableError(f"results table {path} is corrupt: column {column} has {text!r} on line {line}, "
+                             f"not an integer from 0 to 2^63 - 1")  # fmt: skip
+        values.append(value)
+    if any(v is None for v in values):
+        return pd.array(values, dtype="Int64")
+    return pd.Series(values, index=frame.index, dtype="int64")
 
 
 def load_table(path: Path) -> pd.DataFrame:
-    """Read and validate a results table; raise TableError naming the file and the problem."""
+    """Read and validate a results table; raise TableError naming the file and the problem.
+
+    Never modifies the file: an empty or header-only file reads as a table without rows, and a partial last
+    row (a run killed mid-write, or one still writing) is left out with ``partial_row_warning``."""
     path = Path(path)
     if not path.exists():
         raise TableError(f"no results table at {path}")
+    data = path.read_bytes()
+    if _is_unstarted(data):
+        data = HEADER.encode() + b"\n"
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    problem = _header_problem(path, first, strict=False)
+    if problem:
+        raise TableError(problem)
+    if not data.endswith(b"\n"):
+        print(partial_row_warning(path), file=sys.stderr)
+        data = data[: data.rfind(b"\n") + 1]
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"note": str})
+        frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""],
+                            dtype={"note": str, "code_hash": str, "problem_hash": str, **dict.fromkeys(SEED_COLUMNS, str)})  # fmt: skip
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TableError(f"results table {path} is corrupt ({first})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise TableError(
-            f"results table {path} is corrupt or not a varbench table: missing columns {', '.join(missing[:5])}"
-            + ("…" if len(missing) > 5 else "")
-        )
     for column in COLUMNS:
-        if _TYPES[column] in ("float", "int") and len(frame):
+        if column in SEED_COLUMNS:
+            frame[column] = _exact_seeds(frame, column, path)
+        elif _TYPES[column] in ("float", "int") and len(frame):
             converted = pd.to_numeric(frame[column], errors="coerce")
             # 'nan' is a legitimate value (e.g. kurtosis of constant estimates); anything else non-numeric is not.
             bad = converted.isna() & frame[column].notna() & (frame[column].astype(str).str.lower() != "nan")
@@ -170,7 +236,8 @@ def load_table(path: Path) -> pd.DataFrame:
         # True, False, or None where the table holds no verdict (never NaN, which is truthy).
         flags = frame[column].astype(str).str.lower().map({"true": True, "false": False}).astype(object)
         frame[column] = flags.where(flags.notna(), None)
-    frame["note"] = frame["note"].fillna("")
+    for column in ("note", "code_hash", "problem_hash"):
+        frame[column] = frame[column].fillna("")
     return frame
 
 

@@ -383,7 +383,10 @@ def _biased(problem: Problem) -> bool:
 
 def _estimators():
     # Imported here: gradient_estimators registers these and must not be imported at this module's top.
-    from .gradient_estimators import Estimator
+    from .gradient_estimators import POSITIVE_TEMPERATURE, Estimator, ParameterRange
+
+    eta = ParameterRange("the weight η of REBAR's control variate; any value keeps the estimator unbiased")
+    train_steps = ParameterRange("Adam steps training RELAX's control variate", low=0.0, low_inclusive=True, integer=True)
 
     return (
         Estimator("arm", arm, "(f(b⁺) − f(b⁻))(u − ½), b± from one uniform (ARM); Bernoulli, unbiased, 2 cost evals",
@@ -393,18 +396,21 @@ def _estimators():
                   skip_reason=_needs_bernoulli, cost_evaluations=_evaluations(2)),
         Estimator("gumbel_softmax", gumbel_softmax,
                   "∂f at the relaxed sample σ((α + logistic)/τ) or softmax((log p + Gumbel)/τ); biased for τ > 0",
-                  skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5}),
+                  skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
+                  parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
         Estimator("straight_through", straight_through,
                   "f at the hard sample forward, the relaxed sample's gradient backward (ST Gumbel); biased",
-                  skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5}),
+                  skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
+                  parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
         Estimator("rebar", rebar,
                   "score function with control variate η f(σ_λ(z̃)) + its reparameterised correction (REBAR); unbiased, 3 cost evals",
                   skip_reason=_needs_discrete, cost_evaluations=_evaluations(3),
-                  parameters={"temperature": 0.5, "eta": 1.0}),
+                  parameters={"temperature": 0.5, "eta": 1.0},
+                  parameter_ranges={"temperature": POSITIVE_TEMPERATURE, "eta": eta}),
         Estimator("relax", relax,
                   f"REBAR with a learned control c_φ (η, λ, {RELAX_HIDDEN}-unit MLP) trained train_steps Adam steps at θ; unbiased, 3 cost evals",
                   skip_reason=_needs_discrete, cost_evaluations=_evaluations(3), parameters={"train_steps": 200},
-                  work_depends_on_theta=True),
+                  parameter_ranges={"train_steps": train_steps}, work_depends_on_theta=True),
     )  # fmt: skip
 
 

@@ -300,6 +300,30 @@ def _unbiased_when_p_is_fixed(problem: Problem) -> bool:
 
 
 @dataclass(frozen=True)
+class ParameterRange:
+    """The values an estimator parameter may take (beyond being finite): above ``low`` (or at it, when
+    ``low_inclusive``), integers only when ``integer``; ``meaning`` says what the parameter is, for errors."""
+
+    meaning: str
+    low: float = -math.inf
+    low_inclusive: bool = False
+    integer: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = value >= self.low if self.low_inclusive else value > self.low
+        return above and (not self.integer or value == int(value))
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low == -math.inf:
+            return f"{kind} (any finite value)"
+        return f"{kind} {'>=' if self.low_inclusive else '>'} {self.low:g}"
+
+
+POSITIVE_TEMPERATURE = ParameterRange("the relaxation's temperature", low=0.0)
+
+
+@dataclass(frozen=True)
 class Estimator:
     name: str
     surrogate: Surrogate
@@ -312,6 +336,11 @@ class Estimator:
     unbiased_for: Callable[[Problem], bool] = _unbiased
     # The estimator's own parameters and their defaults, passed to the surrogate as keyword options.
     parameters: Mapping[str, float] = field(default_factory=dict)
+    # The values each parameter allows (every parameter has an entry), checked when options are resolved, so a
+    # sweep refuses a bad value before anything runs.
+    parameter_ranges: Mapping[str, ParameterRange] = field(default_factory=dict)
+    # Why the estimator cannot run at (problem, θ, options), or None; for constraints that tie a parameter to θ.
+    point_error: Callable[[Problem, float, Mapping[str, float]], str | None] | None = None
     # Whether the N samples of one estimate are independent draws (so a huge N may be split across calls).
     samples_independent: bool = True
     # Why sampling schemes that couple the N samples of an estimate (antithetic, qmc) do not apply, or None when
@@ -326,8 +355,15 @@ class Estimator:
     work_depends_on_theta: bool = False
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
-        """Defaults overridden by ``options``; raises EstimatorError on an unknown name or a non-finite value."""
-        return resolve_parameters(f"estimator {self.name}", dict(options or {}), self.parameters, EstimatorError)
+        """Defaults overridden by ``options``; raises EstimatorError on an unknown name, a non-finite value or one
+        outside the parameter's range."""
+        resolved = resolve_parameters(f"estimator {self.name}", dict(options or {}), self.parameters, EstimatorError)
+        for key, value in resolved.items():
+            allowed = self.parameter_ranges.get(key)
+            if allowed is not None and not allowed.admits(value):
+                raise EstimatorError(f"parameter {key} of estimator {self.name} ({allowed.meaning}) must be "
+                                     f"{allowed.describe()}, got {value:g}")  # fmt: skip
+        return resolved
 
 
 ESTIMATORS: dict[str, Estimator] = {
@@ -423,6 +459,7 @@ def estimate(
     variance_reduction: str = "none",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     parallel: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples.
 
@@ -434,7 +471,8 @@ def estimate(
     (at most PARALLEL_CALL_SAMPLES samples each) run on torch's threads, each drawing from its own stream
     seeded from one draw of the global generator; the numbers are the same whatever the thread count.
     Everything else, and everything when ``parallel`` is False (calls sized by the budget alone, on this
-    thread), draws from the global generator on ``device`` directly.
+    thread), draws from the global generator on ``device`` directly. ``progress``, if given, is called with the
+    number of samples each call just finished (from the thread that ran it), e.g. to show progress in a long cell.
     """
     if n_samples < 1:
         raise EstimatorError(f"n_samples must be >= 1, got {n_samples}")
@@ -463,12 +501,15 @@ def estimate(
             theta_batch = torch.full((replicates,), float(theta), dtype=dtype, device=device, requires_grad=True)
             total = torch.zeros_like(theta_batch)
             for first in range(0, n_samples, samples_per_call):
-                surrogate = surrogate_fn(problem, theta_batch, min(samples_per_call, n_samples - first), **resolved)
+                samples = min(samples_per_call, n_samples - first)
+                surrogate = surrogate_fn(problem, theta_batch, samples, **resolved)
                 # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
                 if surrogate.requires_grad:
                     (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)
                     if grad is not None:
                         total = total + grad.detach()
+                if progress is not None:
+                    progress(replicates * samples)
             return total / n_samples
 
         return run

@@ -400,15 +400,7 @@ def custom_problem(
                     objective=objective, gradient=gradient, gradient_formula="", distribution_depends_on_theta=True,
                     cost_depends_on_theta=True, cost_is_differentiable=cost_is_differentiable, theta_range=theta_range,
                     work_depends_on_theta=work_depends_on_theta)  # fmt: skip
-    theta = torch.full((1,), probe.valid_theta(), requires_grad=True)
-    try:
-        dist = distribution(theta)
-        x = dist.sample((2,))
-        p_moves = dist.log_prob(x).requires_grad
-        f_moves = cost(x, theta).requires_grad
-    except Exception as error:
-        raise ProblemError(f"problem {name}: distribution(θ) and cost(x, θ) must run on a θ of shape [1] "
-                           f"({type(error).__name__}: {error})") from None  # fmt: skip
+    p_moves, f_moves = check_user_problem(probe)
     formula = "no closed form given: true_grad is a reference estimate (± true_grad_se)" if gradient is None else (
         "exact gradient supplied by the user")  # fmt: skip
     return dataclasses.replace(
@@ -420,14 +412,85 @@ def custom_problem(
     )
 
 
+# The probe of a user's problem: θ replicated as estimate() replicates it, and N samples (N != M, so that a cost
+# that mixes up the two dimensions is caught).
+PROBE_REPLICATES = 3
+PROBE_SAMPLES = 4
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_user_problem(problem: Problem) -> tuple[bool, bool]:
+    """Run a user's problem once at a valid θ, as the estimators will: ``distribution`` on θ of shape [M] must have
+    batch shape [M]; ``cost`` on N samples must return one finite floating-point value per sample, shape
+    [N, M] (the estimators sum it over both, so a broadcast shape would silently rescale the gradient); an
+    exact ``gradient`` or ``objective`` must return a finite number. ProblemError names what is wrong.
+    Returns (whether p depends on θ, whether f does), found by autograd. Draws from its own seeded stream."""
+    where = f"problem {problem.name}"
+    value = problem.valid_theta()
+    theta = torch.full((PROBE_REPLICATES,), value, requires_grad=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            dist = problem.distribution(theta)
+        except Exception as error:
+            raise ProblemError(f"{where}: distribution(θ) failed on θ of shape {_shape(theta.shape)} at θ={value:g} "
+                               f"({type(error).__name__}: {error})") from None  # fmt: skip
+        if not isinstance(dist, Distribution):
+            raise ProblemError(f"{where}: distribution(θ) must return a torch.distributions object, got "
+                               f"{type(dist).__name__}")  # fmt: skip
+        if dist.batch_shape != theta.shape:
+            raise ProblemError(f"{where}: distribution(θ) must have θ's shape as its batch shape, got batch shape "
+                               f"{_shape(dist.batch_shape)} for θ of shape {_shape(theta.shape)} (build it "
+                               "elementwise from θ, e.g. Normal(θ, torch.ones_like(θ)))")  # fmt: skip
+        try:
+            x = dist.sample((PROBE_SAMPLES,))
+            f = problem.cost(x, theta)
+            p_moves = dist.log_prob(x).requires_grad
+        except Exception as error:
+            raise ProblemError(f"{where}: cost(x, θ) failed on samples x of shape {_shape(x.shape)} and θ of shape "
+                               f"{_shape(theta.shape)} ({type(error).__name__}: {error})") from None  # fmt: skip
+    wanted = (PROBE_SAMPLES, *theta.shape)
+    if not isinstance(f, Tensor):
+        raise ProblemError(f"{where}: cost(x, θ) must return a tensor of shape {_shape(wanted)} (one value per "
+                           f"sample), got {type(f).__name__}")  # fmt: skip
+    if tuple(f.shape) != wanted:
+        raise ProblemError(f"{where}: cost(x, θ) must return one value per sample, shape [N, *θ.shape] = "
+                           f"{_shape(wanted)} for samples x of shape {_shape(x.shape)}; got shape {_shape(f.shape)}")  # fmt: skip
+    if not f.is_floating_point():
+        raise ProblemError(f"{where}: cost(x, θ) must return floating-point values, got dtype {f.dtype}")
+    if not bool(torch.isfinite(f).all()):
+        raise ProblemError(f"{where}: cost(x, θ) returned non-finite values (NaN or ±inf) at θ={value:g}")
+    for what, function in (("gradient", problem.gradient), ("objective", problem.objective)):
+        if function is None:
+            continue
+        try:
+            result = float(function(value))
+        except Exception as error:
+            raise ProblemError(f"{where}: {what}(θ) must return a number for a float θ; at θ={value:g} it raised "
+                               f"{type(error).__name__}: {error}") from None  # fmt: skip
+        if not math.isfinite(result):
+            raise ProblemError(f"{where}: {what}(θ) must be finite, got {result!r} at θ={value:g}")
+    return p_moves, f.requires_grad
+
+
+def import_user_module(module_name: str):
+    """The module of a user problem, imported as `varbench run` from the folder holding it finds it."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return importlib.import_module(module_name)
+
+
 def _user_problem(spec: str, wrt: str | None, params: Mapping[str, float] | None) -> Problem:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ProblemError(f"--problem {spec!r}: a user problem is written module:attribute, e.g. my_module:my_problem")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `varbench run` from the folder holding my_module.py finds it
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
+    except ProblemError as error:  # custom_problem refused the module's problem while it was imported
+        raise ProblemError(f"--problem {spec}: {error}") from None
     except Exception as error:
         raise ProblemError(f"--problem {spec}: cannot import module {module_name!r} ({type(error).__name__}: {error})") from None
     problem = getattr(module, attribute, None)
@@ -442,5 +505,6 @@ def _user_problem(spec: str, wrt: str | None, params: Mapping[str, float] | None
         raise ProblemError(f"--problem {spec}: a user problem takes no --set parameters, got {', '.join(sorted(params))}")
     if wrt not in (None, problem.wrt):
         raise ProblemError(f"--problem {spec}: the problem is differentiated w.r.t. {problem.wrt}, got --wrt {wrt}")
+    check_user_problem(problem)  # also a Problem built without custom_problem
     # Cells are rebuilt from their problem name, so the spec (which imports it) is the name.
     return dataclasses.replace(problem, name=spec)

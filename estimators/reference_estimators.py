@@ -8,13 +8,25 @@ biased by O(h²), exact only when L is at most quadratic in θ.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import Tensor
 
-from .gradient_estimators import Estimator, EstimatorError, diagonal_gaussian
+from .gradient_estimators import Estimator, EstimatorError, ParameterRange, diagonal_gaussian
 from .problems import Problem
 
 DEFAULT_STEP = 0.1
+
+
+def _outside_range(problem: Problem, theta: float, options: Mapping[str, float]) -> str | None:
+    """Why θ ± step leaves the problem's valid range, or None."""
+    step = options["step"]
+    low, high = problem.theta_range
+    if low < theta - step and theta + step < high:
+        return None
+    return (f"finite_difference needs θ ± step inside the valid range ({low:g}, {high:g}) of {problem.label}, "
+            f"got θ={theta:g} with step={step:g}; choose a smaller step (--estimator-param step=…) or another θ")
 
 
 def finite_difference(problem: Problem, theta: Tensor, n_samples: int, step: float = DEFAULT_STEP) -> Tensor:
@@ -22,12 +34,10 @@ def finite_difference(problem: Problem, theta: Tensor, n_samples: int, step: flo
     if not step > 0:
         raise EstimatorError(f"step (h) of finite_difference must be > 0, got {step:g}")
     centre = theta.detach()
-    low, high = problem.theta_range
-    if not (low < float(centre.min()) - step and float(centre.max()) + step < high):
-        raise EstimatorError(
-            f"finite_difference needs θ ± step inside the valid range ({low:g}, {high:g}) of {problem.label}, "
-            f"got θ in [{float(centre.min()):g}, {float(centre.max()):g}] with step={step:g}"
-        )
+    for end in {float(centre.min()), float(centre.max())}:
+        reason = _outside_range(problem, end, {"step": step})
+        if reason:
+            raise EstimatorError(reason)
     plus, minus = centre + step, centre - step
     loc_plus, scale_plus = diagonal_gaussian(problem.distribution(plus))
     loc_minus, scale_minus = diagonal_gaussian(problem.distribution(minus))
@@ -66,5 +76,7 @@ REFERENCE_ESTIMATORS: dict[str, Estimator] = {
         cost_evaluations=_two_evaluations,
         unbiased_for=_biased_reference,
         parameters={"step": DEFAULT_STEP},
+        parameter_ranges={"step": ParameterRange("the finite difference's step h", low=0.0)},
+        point_error=_outside_range,
     ),
 }
