@@ -268,9 +268,16 @@ def _perf(args: argparse.Namespace) -> int:
     from .environment import resolve_devices
 
     config = perf.PerfConfig(devices=tuple(resolve_devices(args.device)), billion=not args.no_billion)
-    run_folder.ensure_writable(Path(args.out))
-    table = perf.run_perf(Path(args.out), config, progress=lambda m: print(f"varbench perf: {m}", flush=True))
-    print(f"varbench: performance report written to {perf.write_perf_report(Path(args.out))}")
+    out = Path(args.out)
+    # perf replaces its own perf.csv and perf.md, so like baseline and regress it writes only into a folder that
+    # is new, empty, or one it wrote before.
+    run_folder.check_claimable(out, "perf", adopt=perf.is_old_perf_run)
+    run_folder.ensure_writable(out)
+    with run_folder.locked(out, "perf", wait_hint=""):
+        claim = run_folder.claim(out, "perf", perf.PERF_FILES, adopt=perf.is_old_perf_run)
+        table = perf.run_perf(out, config, progress=lambda m: print(f"varbench perf: {m}", flush=True))
+        print(f"varbench: performance report written to {perf.write_perf_report(out)}")
+        claim.record()
     missed = table[table["meets_target"].astype(str).str.lower() == "false"]
     if len(missed):
         print(f"varbench: {len(missed)} performance target(s) missed (see the report)", file=sys.stderr)

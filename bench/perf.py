@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from estimators.workload import one_thread
 
 from . import environment
 
+PERF_TITLE = "# varbench performance"
 FLOOR_TARGET = 0.5  # vectorised samples/s at least half of torch.randn's on the same device
 LOOP_TARGET = 10.0  # vectorised at least 10x the per-estimate loop at N = 1000, M = 1000
 FLOOR_ESTIMATORS = ("pathwise", "score_function")
@@ -207,8 +209,19 @@ class PerfConfig:
     sweep: tuple = SWEEP_GRID
 
 
+PERF_FILES = ("perf.csv", "perf.md")
+
+
+def is_old_perf_run(folder: Path, entries: set[str]) -> bool:
+    """A perf folder written before markers existed: nothing but perf.csv and a perf.md that varbench wrote."""
+    report = folder / "perf.md"
+    return bool(entries) and entries <= set(PERF_FILES) and (not report.exists() or report.read_text(
+        encoding="utf-8", errors="replace").startswith(PERF_TITLE))  # fmt: skip
+
+
 def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd.DataFrame:
-    """Measure every section on every device; write ``out/perf.csv`` and return the table."""
+    """Measure every section on every device; write ``out/perf.csv`` (replaced whole after each measurement, so an
+    interrupted run keeps what it finished) and return the table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -218,7 +231,9 @@ def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd
     def add(**row):
         row.setdefault("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         rows.append({**dict.fromkeys(COLUMNS), **meta, **row})
-        pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "perf.csv", index=False)  # nothing finished is lost
+        temporary = out / ".perf.csv.tmp"
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(temporary, index=False)
+        os.replace(temporary, out / "perf.csv")  # never half-written
 
     for device in config.devices:
         name_of_device = environment.device_name(device)
@@ -317,7 +332,7 @@ def write_perf_report(out: Path) -> Path:
     """Render ``out/perf.md`` from ``out/perf.csv``."""
     out = Path(out)
     frame = pd.read_csv(out / "perf.csv", keep_default_na=False, na_values=[""])
-    lines = ["# varbench performance", "",
+    lines = [PERF_TITLE, "",
              "Every target is a ratio of two timings from this one run on the same device, so it holds wherever it "
              "is measured; absolute rates depend on the machine. Medians of repeated blocks after a warm-up "
              "(`torch.utils.benchmark`, which synchronises CUDA). The fraction of the RNG floor is paired: five "
@@ -375,7 +390,9 @@ def write_perf_report(out: Path) -> Path:
     lines += ["", f"Recorded with torch {first['torch_version']}, {first['num_threads']} threads, git {first['git_sha']}, "
               f"host {first['hostname']}.", ""]  # fmt: skip
     path = out / "perf.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    temporary = out / ".perf.md.tmp"
+    temporary.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(temporary, path)
     return path
 
 

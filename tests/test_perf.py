@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from bench import perf
@@ -56,3 +57,24 @@ def test_perf_run_writes_every_section_and_a_report(tmp_path):
         assert heading in report
     sweep = table[table["section"] == "sweep"].set_index("metric")["value"]
     assert 0 < sweep["timing_share"] < 1 and sweep["cells_per_second"] > 0
+
+
+def test_perf_writes_only_into_a_new_empty_or_its_own_folder(tmp_path, capsys):
+    from bench import cli, run_folder
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    assert cli.main(["perf", "--out", str(mine), "--no-billion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty and was not written by `varbench perf`" in err[0]
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # A folder an earlier perf wrote (before markers existed) is recognised as perf's own.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "perf.csv").write_text("section\n")
+    (old / "perf.md").write_text(perf.PERF_TITLE + "\n")
+    run_folder.check_claimable(old, "perf", adopt=perf.is_old_perf_run)
+    (old / "perf.md").write_text("# my own notes\n")
+    with pytest.raises(run_folder.RunFolderError):
+        run_folder.check_claimable(old, "perf", adopt=perf.is_old_perf_run)
