@@ -112,7 +112,7 @@ def pessimistic_kurtosis(x: np.ndarray) -> float:
     if not math.isfinite(point):
         return point
     result = stats.bootstrap((x,), lambda v, axis: stats.kurtosis(v, axis=axis, fisher=False, bias=True),
-                             confidence_level=0.68, n_resamples=999, method="percentile", vectorized=True,
+                             confidence_level=0.68, n_resamples=199, method="percentile", vectorized=True,
                              random_state=np.random.default_rng(0))  # fmt: skip
     high = float(result.confidence_interval.high)
     return max(point, high) if math.isfinite(high) else point

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Chi2, Distribution, Independent, Normal, Uniform, Weibull
+from torch.distributions import Bernoulli, Chi2, Distribution, Exponential, Independent, Normal, Uniform
 
 from . import random_streams
 from .problems import Problem, resolve_parameters
@@ -133,6 +133,13 @@ def pathwise(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
     return problem.cost(x, theta)
 
 
+def _weibull_sqrt2_2(shape: torch.Size, like: Tensor) -> Tensor:
+    """Weibull(scale √2, concentration 2) draws, as √(2E) with E ~ Exponential(1): what torch's Weibull computes
+    from the same exponential draw, without its TransformedDistribution, whose shape check imports sympy on
+    first use (half a second of every sweep that runs this estimator)."""
+    return Exponential(like.new_tensor(1.0)).sample(shape).mul_(2.0).sqrt_()
+
+
 def _double_sided_maxwell(shape: torch.Size, like: Tensor) -> Tensor:
     # |M| is chi-distributed with 3 degrees of freedom; the sign is a fair coin.
     magnitude = Chi2(torch.tensor(3.0, dtype=like.dtype, device=like.device)).sample(shape).sqrt()
@@ -157,7 +164,7 @@ def measure_valued(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
     mu, sigma, theta_const = loc.detach(), scale.detach(), theta.detach()
     surrogate = torch.zeros(shape, dtype=theta.dtype, device=theta.device)
     if loc.requires_grad:
-        weibull = Weibull(theta.new_tensor(math.sqrt(2.0)), theta.new_tensor(2.0)).sample(shape)
+        weibull = _weibull_sqrt2_2(shape, theta)
         weight = problem.cost(mu + sigma * weibull, theta_const) - problem.cost(mu - sigma * weibull, theta_const)
         surrogate = surrogate + weight / (sigma * math.sqrt(2.0 * math.pi)) * loc
     if scale.requires_grad:
@@ -228,7 +235,7 @@ def _measure_valued_diagonal(problem: Problem, theta: Tensor, n_samples: int, di
         return x
 
     for d in mean_coordinates:
-        weibull = Weibull(theta.new_tensor(math.sqrt(2.0)), theta.new_tensor(2.0)).sample(pair_shape)
+        weibull = _weibull_sqrt2_2(pair_shape, theta)
         step = sigma[..., d] * weibull
         weight = problem.cost(with_coordinate(d, mu[..., d] + step), theta_const) - problem.cost(
             with_coordinate(d, mu[..., d] - step), theta_const
