@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from . import environment, run_folder
-from .statistics import Z95
+from .statistics import Z95, holm
 from .table import TABLE_NAME, TableError, latest_rows, load_table
 
 ALPHA = 0.01  # family-wise false-alarm rate per metric across the whole grid (Holm)
@@ -95,19 +95,6 @@ def _remedy(folder: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Statistics
-
-
-def holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control under any dependence)."""
-    p = np.asarray(p_values, dtype=float)
-    m = p.size
-    if m == 0:
-        return p
-    order = np.argsort(p)
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
 
 
 def log_variance_se(rows: pd.DataFrame) -> pd.Series:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import cli, measure, regression
+from bench import cli, measure, regression, statistics
 from bench.grid import Sweep, expand
 from bench.table import COLUMNS, TABLE_NAME, append_rows
 from estimators import ESTIMATORS
@@ -38,9 +38,9 @@ def measure_grid(base_seed: int, cells=GRID) -> pd.DataFrame:
 
 def test_holm_adjustment_matches_the_step_down_definition():
     # sorted p: .005, .01, .03, .04 -> ×4, ×3, ×2, ×1 = .02, .03, .06, .04 -> running max .02, .03, .06, .06
-    adjusted = regression.holm(np.array([0.01, 0.04, 0.03, 0.005]))
+    adjusted = statistics.holm(np.array([0.01, 0.04, 0.03, 0.005]))
     np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
-    assert regression.holm(np.array([0.9, 0.8])).max() <= 1.0
+    assert statistics.holm(np.array([0.9, 0.8])).max() <= 1.0
 
 
 RUNS = 40

@@ -106,3 +106,23 @@ def test_a_row_whose_kurtosis_exceeds_the_threshold_says_its_interval_is_approxi
         row = measure_cell(cell, 0, timed=False)
         assert (row["kurtosis"] > UNDERCOVERING_KURTOSIS) == heavy_tailed, row["kurtosis"]
         assert ("variance interval is approximate" in row["note"]) == heavy_tailed, row["note"]
+
+
+def test_a_report_wide_bias_flag_needs_holm_for_estimators_unbiased_in_theory():
+    import pandas as pd
+
+    from bench.statistics import familywise_biased
+
+    rng = np.random.default_rng(7)
+    p = pd.Series(rng.uniform(size=1000))
+    p[3] = 5e-4  # per-cell significant at 0.001, but one of a thousand
+    p[4] = 1e-9  # significant whatever the number of cells
+    per_cell = p < 0.001
+    unbiased = pd.Series(True, index=p.index)
+    unbiased[5] = False  # biased in theory: its flag stands as it is
+    p[5] = 5e-4
+    per_cell[5] = True
+    flags = familywise_biased(per_cell, p, unbiased)
+    assert per_cell[3] and not flags[3]
+    assert flags[4] and flags[5]
+    assert flags.sum() == 2
