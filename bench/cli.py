@@ -14,19 +14,18 @@ from pathlib import Path
 from estimators import (
     ESTIMATORS,
     PEER_STATUS,
-    PROBLEM_FAMILIES,
+    PROBLEMS,
     VARIANCE_REDUCTIONS,
     EstimatorError,
     ProblemError,
     VarianceReductionError,
 )
-
 from estimators.workloads import WORKLOADS
 
 from . import environment, run_folder
 from .environment import DeviceError
 from .executors import EXECUTORS, ExecutorError, open_executor
-from .grid import CORE_ESTIMATORS, DTYPES, MIN_REPLICATES, PRESETS, GridError, Sweep, check_base_seed, expand, preset
+from .grid import DTYPES, MIN_REPLICATES, PRESETS, GridError, Sweep, check_base_seed, default_estimators, expand, preset
 from .regression import BaselineError
 from .table import TABLE_NAME, TableError
 
@@ -101,7 +100,7 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
     if args.problem is None:
         raise UsageError("give --problem NAME (see `varbench list`) or --preset " + "|".join(PRESETS))
     problems = _names(args.problem, "--problem", "problem names (see `varbench list`)")
-    estimators = CORE_ESTIMATORS if args.estimator is None else tuple(ESTIMATORS) if args.estimator == "all" else (
+    estimators = default_estimators() if args.estimator is None else tuple(ESTIMATORS) if args.estimator == "all" else (
         _names(args.estimator, "--estimator", "estimator names (see `varbench list`) or all"))
     schemes = ("none",) if args.variance_reduction is None else _names(
         args.variance_reduction, "--variance-reduction", "variance reductions (see `varbench list`)")
@@ -242,10 +241,10 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _regress(args: argparse.Namespace) -> int:
-    from . import regression
+    from . import regression, report
 
     outcome = regression.run_regression(Path(args.baseline), Path(args.out), base_seed=args.seed,
-                                        progress=not args.no_progress, report=True)  # fmt: skip
+                                        progress=not args.no_progress, render=report.write_report)  # fmt: skip
     verdicts = outcome.verdicts
     counts = verdicts.groupby(["metric", "verdict"]).size().unstack(fill_value=0)
     print("varbench: regression check against", args.baseline)
@@ -296,7 +295,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     print("problems (--problem; --wrt; --set NAME=VALUE):")
-    for family in PROBLEM_FAMILIES.values():
+    for family in PROBLEMS.values():
         params = ", ".join(f"{k}={v:g}" for k, v in family.defaults.items()) or "none"
         print(f"  {family.name:20s} {family.summary} [wrt {'|'.join(family.wrt_choices)}; defaults: {params}]")
     print("workloads (--problem; θ = --theta is a training step; the gradient is a vector):")
@@ -305,9 +304,13 @@ def _list(args: argparse.Namespace) -> int:
               f"(full: {', '.join(map(str, workload.full_checkpoints))}; any step up to {workload.train_steps}); "
               f"estimators: {', '.join(workload.estimators)}]")  # fmt: skip
     print("estimators (--estimator):")
-    for estimator in ESTIMATORS.values():
+    for name, estimator in ESTIMATORS.items():
         params = ", ".join(f"{k}={v:g}" for k, v in estimator.parameters.items())
-        print(f"  {estimator.name:20s} {estimator.summary}" + (f" [parameters: {params}]" if params else ""))
+        tags = ", ".join(sorted(ESTIMATORS.tags(name)))
+        print(f"  {name:20s} {estimator.summary} [{tags}" + (f"; parameters: {params}]" if params else "]"))
+    for registry in (PROBLEMS, ESTIMATORS):
+        for name, why in registry.broken.items():
+            print(f"  plug-in {registry.kind} {name} failed to load: {why}")
     print("peers (pip install -e '.[peers]'; their estimators run when named or with --estimator all):")
     for peer, status in PEER_STATUS.items():
         print(f"  {peer:20s} {status}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from estimators.problems import import_user_module
+from estimators.core.registry import import_user_module
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -117,9 +117,8 @@ def git_sha() -> str:
 
 # Modules that only drive, render or gate a sweep: editing them changes no number in a table, so they are not
 # part of code_fingerprint (every other module of bench/ and estimators/ is).
-NOT_MEASURING = frozenset({"bench/__main__.py", "bench/cli.py", "bench/perf.py", "bench/plots.py", "bench/regression.py",
-                           "bench/report.py", "bench/run_folder.py", "bench/speed_benchmarks.py",
-                           "bench/workload_report.py"})  # fmt: skip
+NOT_MEASURING = ("bench/__main__.py", "bench/cli.py", "bench/perf/", "bench/regression/", "bench/report/",
+                 "bench/run_folder.py")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,9 +126,9 @@ def code_fingerprint() -> str:
     """16 hex digits of sha256 over varbench's measuring source files: unlike git_sha it changes with any edit,
     committed or not, and not with edits elsewhere (docs, tests, the report)."""
     digest = hashlib.sha256()
-    for path in sorted([*(_REPO / "bench").glob("*.py"), *(_REPO / "estimators").glob("*.py")]):
+    for path in sorted([*(_REPO / "bench").rglob("*.py"), *(_REPO / "estimators").rglob("*.py")]):
         name = path.relative_to(_REPO).as_posix()
-        if name not in NOT_MEASURING:
+        if not name.startswith(NOT_MEASURING):
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

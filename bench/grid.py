@@ -14,18 +14,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators import ESTIMATORS, VARIANCE_REDUCTIONS, describe, get_estimator, get_variance_reduction, make_problem
-from estimators.peers import PEER_ESTIMATORS
-from estimators.problems import Problem
+from estimators import ESTIMATORS, VARIANCE_REDUCTIONS, Problem, describe, get_estimator, get_variance_reduction, make_problem
 from estimators.workloads import WORKLOADS
 
 from .environment import resolve_devices
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MIN_REPLICATES = 10
-# Peers (estimators.peers) run only when named or with --estimator all, so presets, the regression baseline and
-# `run --problem` without --estimator do not depend on which optional packages are installed.
-CORE_ESTIMATORS = tuple(name for name in ESTIMATORS if name not in PEER_ESTIMATORS)
+
+
+def default_estimators() -> tuple[str, ...]:
+    """What `run --problem` without --estimator measures: every registered estimator (installed plug-ins too)
+    but the peers', which run only when named or with --estimator all, so that what runs does not depend on
+    which optional peer libraries happen to be installed."""
+    return tuple(ESTIMATORS.names(exclude=("peer",)))
+
+
+# The presets name their estimators, so a newly registered estimator joins no preset (and changes no committed
+# baseline) until it is added here. The finite-difference reference runs in its own sweeps (_dimension_sweeps).
+PRESET_ESTIMATORS = ("naive", "score_function", "score_function_loo", "pathwise", "measure_valued", "arm", "disarm",
+                     "gumbel_softmax", "straight_through", "rebar", "relax")  # fmt: skip
 
 
 class GridError(ValueError):
@@ -105,7 +113,7 @@ class Sweep:
 
     problem: str
     thetas: tuple[float, ...]
-    estimators: tuple[str, ...] = CORE_ESTIMATORS
+    estimators: tuple[str, ...] = field(default_factory=default_estimators)
     n_samples: tuple[int, ...] = (1, 10, 100, 1000)
     devices: tuple[str, ...] = ("cpu",)
     wrt: str | None = None
@@ -204,9 +212,6 @@ def expand(sweeps: list[Sweep], available_devices: list[str] | None = None) -> l
     return list(dict.fromkeys(cell for sweep in sweeps for cell in sweep.cells(available_devices)))
 
 
-# The estimators of the default and quick grids; the finite-difference reference runs in its own sweeps
-# (_dimension_sweeps), which keeps make bench within its 10 minutes.
-MAIN_ESTIMATORS = tuple(name for name in CORE_ESTIMATORS if name != "finite_difference")
 
 
 def _gaussian_sweeps(**common) -> list[Sweep]:
@@ -373,7 +378,7 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
     (the regression gate's fixed grid) and ``full`` (default plus the larger discrete, variance-reduction,
     implicit-reparameterisation and dimension grids; well over 10 minutes)."""
     if name == "default":
-        common = {"devices": devices, "n_samples": (1, 10, 100, 1000), "estimators": MAIN_ESTIMATORS}
+        common = {"devices": devices, "n_samples": (1, 10, 100, 1000), "estimators": PRESET_ESTIMATORS}
         return [
             Sweep("seed_dependent", thetas=(0.0, 1.0, 2.0, 3.0), **common),
             Sweep("seed_fixed", thetas=(1.0, 3.0), **common),
@@ -387,12 +392,12 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
     if name == "full":
         # Everything in default, plus the larger discrete grid (θ sweeps, temperatures, RELAX's budget), every
         # estimator under every variance-reduction scheme, and larger implicit and dimension grids.
-        common = {"devices": devices, "n_samples": (1, 10, 100, 1000), "estimators": MAIN_ESTIMATORS}
+        common = {"devices": devices, "n_samples": (1, 10, 100, 1000), "estimators": PRESET_ESTIMATORS}
         return [*preset("default", devices), *_discrete_sweeps(full=True, **common),
                 *_variance_reduction_sweeps_full(devices=devices), *_implicit_sweeps(full=True, **common),
                 *_dimension_sweeps(full=True, **common), *_workload_sweeps(full=True, **common)]  # fmt: skip
     if name == "quick":
-        common = {"devices": devices, "n_samples": (1, 10, 100), "estimators": MAIN_ESTIMATORS}
+        common = {"devices": devices, "n_samples": (1, 10, 100), "estimators": PRESET_ESTIMATORS}
         return [
             Sweep("seed_dependent", thetas=(1.0, 3.0), **common),
             Sweep("seed_fixed", thetas=(3.0,), **common),
@@ -404,7 +409,7 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
         # the same precision; covers the biased naive baseline, heavy-tailed score-function estimates, both
         # Gaussian parameters, the measure-valued estimator and the discrete estimators on the REBAR toy.
         # <= 3 minutes on 2 cores with the speed runs.
-        common = {"devices": ("cpu",), "n_samples": (10, 1000), "replicates": 2000, "estimators": MAIN_ESTIMATORS}
+        common = {"devices": ("cpu",), "n_samples": (10, 1000), "replicates": 2000, "estimators": PRESET_ESTIMATORS}
         return [
             Sweep("bernoulli_toy", thetas=(0.0,), wrt="logit", params={"t": (0.45,)}, **common),
             Sweep("seed_dependent", thetas=(1.0, 3.0), **common),

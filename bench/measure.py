@@ -25,7 +25,7 @@ from torch import Tensor
 
 from estimators import estimate, get_estimator
 from estimators.variance_reduction import compose
-from estimators.workload import one_thread
+from estimators.core.random_streams import one_intra_op_thread
 from estimators.workloads import WORKLOADS, estimate_workload
 
 from . import cell_progress, cost, environment
@@ -401,7 +401,7 @@ def add_costs(measured: list[Measured], base_seed: int) -> None:
     values_per_sample = max(m.values_per_sample for m in units.values())
     replicates = max(1, cost.TIMING_SAMPLES // (n * values_per_sample))
     failed: dict[Hashable, BaseException] = {}
-    with one_thread() if torch.device(device).type == "cpu" else contextlib.nullcontext():
+    with one_intra_op_thread() if torch.device(device).type == "cpu" else contextlib.nullcontext():
         for attempt in range(2):
             calls = {key: _call(m.draw, replicates) for key, m in units.items() if key not in failed}
             floor = _floor(replicates * n * values_per_sample, device, dtype)

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import cli, measure, plots
+from bench import cli, measure
+from bench.report import plots
 from bench.table import COLUMNS, load_table
-from bench.grid import CORE_ESTIMATORS
+from bench.grid import default_estimators
 from estimators import ESTIMATORS, make_problem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -310,11 +311,11 @@ def test_report_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_list_names_every_problem_and_estimator(capsys):
-    from estimators import ESTIMATORS, PROBLEM_FAMILIES
+    from estimators import ESTIMATORS, PROBLEMS
 
     code, out, _ = run_cli(["list"], capsys)
     assert code == 0
-    for name in [*PROBLEM_FAMILIES, *ESTIMATORS]:
+    for name in [*PROBLEMS, *ESTIMATORS]:
         assert re.search(rf"^\s+{name}\s", out, re.M), name
 
 

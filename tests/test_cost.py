@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import cost, measure, plots, verdict
+from bench import cost, measure
+from bench.report import plots, verdict
 from bench.grid import Sweep, expand
 from bench.sweep import comparison_blocks, run_cells
 from bench.table import load_table
 from estimators import ESTIMATORS, Estimator
-from estimators.gradient_estimators import pathwise
+from estimators.methods.basic import pathwise
 
 
 def spin(seconds: float) -> None:

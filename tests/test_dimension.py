@@ -21,7 +21,7 @@ from scipy import integrate
 
 from bench.statistics import kurtosis, variance_interval, variance_relative_se
 from estimators import ESTIMATORS, ProblemError, estimate, make_problem
-from estimators.gradient_estimators import coordinates_moved_by_theta
+from estimators.core.distributions import coordinates_moved_by_theta
 from tests.helpers import bonferroni_z, gauss_expectation
 
 COSTS = {"diag_gaussian_sum": lambda x: x, "diag_gaussian_quartic": lambda x: x**4}

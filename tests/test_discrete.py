@@ -20,7 +20,7 @@ from scipy import integrate, special
 
 from bench.statistics import kurtosis, summarize, variance_interval, variance_relative_se
 from estimators import ESTIMATORS, estimate, make_problem
-from estimators.discrete_estimators import exact_relaxed_mean
+from estimators.methods.discrete import exact_relaxed_mean
 from tests.helpers import bonferroni_z
 
 # (name, params, θ values): every family, default and non-default parameters, θ on both sides of 0.
@@ -292,7 +292,7 @@ def test_untrained_relax_is_rebar_and_training_lowers_its_variance():
 
 
 def test_relax_is_reproducible_whatever_the_cache_holds():
-    from estimators import discrete_estimators
+    from estimators.methods import discrete as discrete_estimators
 
     problem = make_problem("categorical_toy")
     first = draw("relax", problem, 0.5, 3, 200, 5, {"train_steps": 10})

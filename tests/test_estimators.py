@@ -17,7 +17,7 @@ from scipy import integrate, stats
 
 from bench.statistics import kurtosis, summarize, variance_interval, variance_relative_se
 from estimators import ESTIMATORS, EstimatorError, estimate, make_problem
-from estimators.gradient_estimators import WORKING_VALUES_PER_SAMPLE
+from estimators.engine import WORKING_VALUES_PER_SAMPLE
 from tests.helpers import bonferroni_z, gauss_expectation, gaussian_params, problem_cases
 
 CASES = problem_cases()
@@ -244,7 +244,7 @@ def test_chunking_bounds_memory_without_changing_the_distribution(n, budget_samp
 
 
 def test_chunk_plan_fits_the_budget_and_never_splits_dependent_samples():
-    from estimators.gradient_estimators import plan_chunks
+    from estimators.engine import plan_chunks
 
     assert plan_chunks(100, 50, 8, 8 * 1000, True) == (10, 100)
     assert plan_chunks(100, 5, 8, 8 * 10**6, True) == (5, 100)  # everything in one call
@@ -278,7 +278,7 @@ def test_closed_form_gaussian_score_has_the_gradient_of_log_prob(moves):
     # score_function's Gaussian shortcut must differentiate to exactly what autograd through log_prob gives.
     from torch.distributions import Independent, Normal
 
-    from estimators.gradient_estimators import weighted_score_sum
+    from estimators.core.distributions import weighted_score_sum
 
     theta = torch.tensor([0.3, 1.7, -2.0], dtype=torch.float64, requires_grad=True)
     loc = {"loc": theta, "scale": torch.zeros_like(theta), "both": theta, "diagonal": theta}[moves]

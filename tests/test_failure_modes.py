@@ -266,7 +266,7 @@ def test_an_unwritable_out_is_one_line_before_measuring(tmp_path, capsys, monkey
 
 
 def _stop_in_plots(monkeypatch, stop):
-    from bench import plots
+    from bench.report import plots
 
     def interrupt(*args, **kwargs):
         stop()
@@ -520,9 +520,10 @@ def test_the_code_fingerprint_follows_measuring_code_only(tmp_path, monkeypatch)
     from bench import environment
 
     for package in ("bench", "estimators"):
-        (tmp_path / package).mkdir()
-        for path in (REPO / package).glob("*.py"):
-            (tmp_path / package / path.name).write_bytes(path.read_bytes())
+        for path in (REPO / package).rglob("*.py"):
+            target = tmp_path / path.relative_to(REPO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
     monkeypatch.setattr(environment, "_REPO", tmp_path)
 
     def fingerprint() -> str:
@@ -531,10 +532,10 @@ def test_the_code_fingerprint_follows_measuring_code_only(tmp_path, monkeypatch)
 
     try:
         original = fingerprint()
-        with open(tmp_path / "bench" / "report.py", "a") as handle:
+        with open(tmp_path / "bench" / "report" / "__init__.py", "a") as handle:
             handle.write("# the report is not part of a measurement\n")
         assert fingerprint() == original
-        with open(tmp_path / "estimators" / "problems.py", "a") as handle:
+        with open(tmp_path / "estimators" / "problems" / "gaussian.py", "a") as handle:
             handle.write("# an uncommitted edit of a problem\n")
         assert fingerprint() != original
     finally:
@@ -586,7 +587,7 @@ def test_a_wrong_shape_cost_from_the_command_line_is_one_line_and_writes_nothing
     (tmp_path / "shapes.py").write_text(SOFTPLUS.format(cost="x.sum()"))
     result = _varbench(["run", "--problem", "shapes:problem", "--out", "out"], tmp_path)
     assert result.returncode == 2 and not (tmp_path / "out").exists()
-    assert result.stderr.strip() == ("varbench: error: --problem shapes:problem: problem edited: cost(x, θ) must return "
+    assert result.stderr.strip() == ("varbench: error: problem shapes:problem: problem edited: cost(x, θ) must return "
                                      "one value per sample, shape [N, *θ.shape] = [4, 3] for samples x of shape "
                                      "[4, 3]; got shape []")  # fmt: skip
 

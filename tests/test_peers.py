@@ -14,7 +14,7 @@ import torch
 
 from bench import cli
 from bench.statistics import kurtosis, variance_interval, variance_relative_se
-from estimators import ESTIMATORS, PEER_ESTIMATORS, PEER_STATUS, estimate, make_problem
+from estimators import ESTIMATORS, PEER_STATUS, estimate, make_problem
 from tests.helpers import bonferroni_z
 
 # peer estimator -> (peer library, our estimator it computes)
@@ -38,9 +38,9 @@ Z_CRIT = bonferroni_z(len(PEERS) * len(PROBLEMS) + len(PEERS) + 1)
 
 def peer(name: str):
     library = PEERS[name][0]
-    if name not in PEER_ESTIMATORS:
+    if name not in ESTIMATORS.names("peer"):
         pytest.skip(f"{library} is unavailable: {PEER_STATUS[library]}")
-    return PEER_ESTIMATORS[name]
+    return ESTIMATORS[name]
 
 
 def draw(estimator, problem, theta, n, m, seed):
@@ -53,11 +53,11 @@ def test_every_peer_is_either_registered_or_reported_with_its_failure():
     for name, (library, _) in PEERS.items():
         status = PEER_STATUS[library]
         if status.startswith("ok ("):
-            assert ESTIMATORS[name] is PEER_ESTIMATORS[name]
+            assert name in ESTIMATORS.names("peer")
         else:
             assert status.startswith(("not installed:", "fails to import:")), status
             assert name not in ESTIMATORS
-    assert set(PEER_ESTIMATORS) <= set(PEERS)
+    assert set(ESTIMATORS.names("peer")) <= set(PEERS)
 
 
 def test_list_prints_peer_status_including_failures(monkeypatch, capsys):

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from bench.grid import expand, preset
-from estimators import ESTIMATORS, PROBLEM_FAMILIES, estimate, make_problem
-from estimators import gradient_estimators, random_streams
-from estimators.gradient_estimators import WORKING_VALUES_PER_SAMPLE
+from estimators import ESTIMATORS, PROBLEMS, estimate, make_problem
+from estimators import engine
+from estimators.core import random_streams
+from estimators.engine import WORKING_VALUES_PER_SAMPLE
 
 PARALLEL = [name for name, e in ESTIMATORS.items() if e.parallel_safe]
 SEED_PROBLEM = make_problem("seed_dependent", "theta", {})
@@ -64,7 +65,7 @@ def test_every_parallel_safe_cell_of_the_default_sweep_draws_only_from_its_chunk
     """Each (problem, estimator) the default sweep runs in parallel must never touch the global generator;
     otherwise it would take the serial fallback (and warn). The workloads have their own driver."""
     cells = {(c.problem, c.wrt, c.params, c.theta, c.estimator) for c in expand(preset("default"), ["cpu"])
-             if c.problem in PROBLEM_FAMILIES and c.estimator in PARALLEL and c.variance_reduction == "none" and not c.estimator_params}  # fmt: skip
+             if c.problem in PROBLEMS and c.estimator in PARALLEL and c.variance_reduction == "none" and not c.estimator_params}  # fmt: skip
     seen = set()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -76,7 +77,7 @@ def test_every_parallel_safe_cell_of_the_default_sweep_draws_only_from_its_chunk
             # Calls of 2 samples, so that the estimate is several calls (one call draws from the global stream).
             estimate(ESTIMATORS[name], problem, theta, 4, 3, memory_budget=2 * WORKING_VALUES_PER_SAMPLE * 4)
     assert len(seen) >= 20, seen
-    assert not gradient_estimators._GLOBAL_GENERATOR_USERS
+    assert not engine._GLOBAL_GENERATOR_USERS
 
 
 def test_an_unrouted_random_op_falls_back_to_the_serial_global_stream(monkeypatch, threads):
@@ -87,12 +88,12 @@ def test_an_unrouted_random_op_falls_back_to_the_serial_global_stream(monkeypatc
     expected_state = torch.get_rng_state()
     # Normal.rsample draws with Tensor.normal_: unrouted, it uses the global generator from both threads.
     monkeypatch.setattr(random_streams, "RANDOM_OPS", random_streams.RANDOM_OPS - {torch.Tensor.normal_})
-    monkeypatch.setattr(gradient_estimators, "_GLOBAL_GENERATOR_USERS", set())
+    monkeypatch.setattr(engine, "_GLOBAL_GENERATOR_USERS", set())
     with pytest.warns(RuntimeWarning, match="global generator"):
         fallback = _many_calls("pathwise", seed=5)
     assert torch.equal(fallback, expected)
     assert torch.equal(torch.get_rng_state(), expected_state)
-    assert ("pathwise", SEED_PROBLEM.label) in gradient_estimators._GLOBAL_GENERATOR_USERS
+    assert ("pathwise", SEED_PROBLEM.label) in engine._GLOBAL_GENERATOR_USERS
     again = _many_calls("pathwise", seed=5)  # remembered: straight to the serial path, same numbers, no warning
     assert torch.equal(again, expected)
 

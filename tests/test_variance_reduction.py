@@ -27,7 +27,7 @@ from bench.grid import Cell
 from bench.measure import measure_cell
 from bench.statistics import kurtosis, variance_relative_se
 from estimators import ESTIMATORS, VARIANCE_REDUCTIONS, EstimatorError, estimate, make_problem
-from estimators import variance_reduction
+from estimators.variance_reduction import schemes as variance_reduction
 from estimators.variance_reduction import compose
 from tests.helpers import bonferroni_z, gauss_expectation, gaussian_params, problem_cases
 

@@ -22,9 +22,9 @@ from scipy import integrate, stats
 from torch.distributions import Bernoulli, Independent
 
 from bench.statistics import summarize_vector
-from estimators import bayes_logreg, discrete_vae
-from estimators.gradient_estimators import naive
-from estimators.workload import WorkloadEstimator
+from estimators.workloads import bayes_logreg, discrete_vae
+from estimators.methods.basic import naive
+from estimators.workloads.base import WorkloadEstimator
 from estimators.workloads import WORKLOADS, WorkloadError, estimate_workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,7 +272,7 @@ def test_readme_user_problem_runs_end_to_end(tmp_path):
 def test_user_problem_errors_name_the_problem(tmp_path):
     result = _varbench(["run", "--problem", "no_such_module:thing", "--out", str(tmp_path / "x")], tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("varbench: error: --problem no_such_module:thing: cannot import module")
+    assert result.stderr.strip().startswith("varbench: error: problem no_such_module:thing: cannot import module")
     (tmp_path / "not_a_problem.py").write_text("thing = 3\n")
     result = _varbench(["run", "--problem", "not_a_problem:thing", "--out", str(tmp_path / "x")], tmp_path)
     assert result.returncode == 2 and "must be a Problem" in result.stderr

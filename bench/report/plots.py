@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 import hashlib  # noqa: E402
 import colorsys  # noqa: E402
 
-from .statistics import Z95  # noqa: E402
+from ..statistics import Z95  # noqa: E402
 
 # Colours are fixed per estimator name, so adding an estimator never recolours the others; any other name (a
 # user's estimator) gets a hue from a hash of its name.

@@ -1,7 +1,7 @@
 """Gradient estimators for discrete latents (Bernoulli, categorical), with the shared surrogate signature.
 
 Each is ``surrogate(problem, theta[M], n_samples, **options) -> Tensor[n_samples, M]`` whose gradient w.r.t.
-θ, averaged over the samples, is the estimate (see gradient_estimators.py). The problem's distribution gives
+θ, averaged over the samples, is the estimate (see estimators/core/estimator.py). The problem's distribution gives
 the logits; θ may move several of them (a tied logit), and autograd sums the per-coordinate terms. Noise is
 drawn from torch's global generator, vectorised over samples, replicates and coordinates.
 
@@ -35,7 +35,8 @@ from torch.distributions import (
 )
 from torch.distributions.utils import clamp_probs
 
-from .problems import Problem
+from ..core.estimator import POSITIVE_TEMPERATURE, Estimator, ParameterRange
+from ..core.problem import Problem
 
 BERNOULLI, CATEGORICAL = "bernoulli", "categorical"
 
@@ -381,40 +382,30 @@ def _biased(problem: Problem) -> bool:
     return False
 
 
-def _estimators():
-    # Imported here: gradient_estimators registers these and must not be imported at this module's top.
-    from .gradient_estimators import POSITIVE_TEMPERATURE, Estimator, ParameterRange
+_ETA = ParameterRange("the weight η of REBAR's control variate; any value keeps the estimator unbiased")
+_TRAIN_STEPS = ParameterRange("Adam steps training RELAX's control variate", low=0.0, low_inclusive=True, integer=True)
 
-    eta = ParameterRange("the weight η of REBAR's control variate; any value keeps the estimator unbiased")
-    train_steps = ParameterRange("Adam steps training RELAX's control variate", low=0.0, low_inclusive=True, integer=True)
-
-    return (
-        Estimator("arm", arm, "(f(b⁺) − f(b⁻))(u − ½), b± from one uniform (ARM); Bernoulli, unbiased, 2 cost evals",
-                  skip_reason=_needs_bernoulli, cost_evaluations=_evaluations(2)),
-        Estimator("disarm", disarm,
-                  "½(f(b) − f(b̃))(−1)^b̃ 1[b≠b̃] σ(|α|), antithetic b̃ (DisARM); Bernoulli, unbiased, 2 cost evals",
-                  skip_reason=_needs_bernoulli, cost_evaluations=_evaluations(2)),
-        Estimator("gumbel_softmax", gumbel_softmax,
-                  "∂f at the relaxed sample σ((α + logistic)/τ) or softmax((log p + Gumbel)/τ); biased for τ > 0",
-                  skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
-                  parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
-        Estimator("straight_through", straight_through,
-                  "f at the hard sample forward, the relaxed sample's gradient backward (ST Gumbel); biased",
-                  skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
-                  parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
-        Estimator("rebar", rebar,
-                  "score function with control variate η f(σ_λ(z̃)) + its reparameterised correction (REBAR); unbiased, 3 cost evals",
-                  skip_reason=_needs_discrete, cost_evaluations=_evaluations(3),
-                  parameters={"temperature": 0.5, "eta": 1.0},
-                  parameter_ranges={"temperature": POSITIVE_TEMPERATURE, "eta": eta}),
-        Estimator("relax", relax,
-                  f"REBAR with a learned control c_φ (η, λ, {RELAX_HIDDEN}-unit MLP) trained train_steps Adam steps at θ; unbiased, 3 cost evals",
-                  skip_reason=_needs_discrete, cost_evaluations=_evaluations(3), parameters={"train_steps": 200},
-                  parameter_ranges={"train_steps": train_steps}, work_depends_on_theta=True),
-    )  # fmt: skip
-
-
-def register(registry: dict) -> None:
-    """Add the discrete estimators to ``registry`` (gradient_estimators.ESTIMATORS)."""
-    for estimator in _estimators():
-        registry[estimator.name] = estimator
+DISCRETE: tuple[Estimator, ...] = (
+    Estimator("arm", arm, "(f(b⁺) − f(b⁻))(u − ½), b± from one uniform (ARM); Bernoulli, unbiased, 2 cost evals",
+              skip_reason=_needs_bernoulli, cost_evaluations=_evaluations(2)),
+    Estimator("disarm", disarm,
+              "½(f(b) − f(b̃))(−1)^b̃ 1[b≠b̃] σ(|α|), antithetic b̃ (DisARM); Bernoulli, unbiased, 2 cost evals",
+              skip_reason=_needs_bernoulli, cost_evaluations=_evaluations(2)),
+    Estimator("gumbel_softmax", gumbel_softmax,
+              "∂f at the relaxed sample σ((α + logistic)/τ) or softmax((log p + Gumbel)/τ); biased for τ > 0",
+              skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
+              parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
+    Estimator("straight_through", straight_through,
+              "f at the hard sample forward, the relaxed sample's gradient backward (ST Gumbel); biased",
+              skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
+              parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
+    Estimator("rebar", rebar,
+              "score function with control variate η f(σ_λ(z̃)) + its reparameterised correction (REBAR); unbiased, 3 cost evals",
+              skip_reason=_needs_discrete, cost_evaluations=_evaluations(3),
+              parameters={"temperature": 0.5, "eta": 1.0},
+              parameter_ranges={"temperature": POSITIVE_TEMPERATURE, "eta": _ETA}),
+    Estimator("relax", relax,
+              f"REBAR with a learned control c_φ (η, λ, {RELAX_HIDDEN}-unit MLP) trained train_steps Adam steps at θ; unbiased, 3 cost evals",
+              skip_reason=_needs_discrete, cost_evaluations=_evaluations(3), parameters={"train_steps": 200},
+              parameter_ranges={"train_steps": _TRAIN_STEPS}, work_depends_on_theta=True),
+)  # fmt: skip

@@ -20,10 +20,10 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from ..methods import get_estimator
+from .base import Workload, WorkloadError
 from .bayes_logreg import BAYES_LOGREG
 from .discrete_vae import DISCRETE_VAE
-from .gradient_estimators import get_estimator
-from .workload import Workload, WorkloadError
 
 WORKING_MEMORY = 1 << 28  # bytes per vectorised call; a workload sample holds a whole data set's activations
 

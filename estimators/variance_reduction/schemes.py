@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -27,10 +27,8 @@ from torch.distributions import Normal
 from torch.func import grad, vmap
 from torch.quasirandom import SobolEngine
 
-from .problems import Problem
-
-if TYPE_CHECKING:  # the estimators module imports this one
-    from .gradient_estimators import Estimator, Surrogate
+from ..core.estimator import Estimator, Surrogate
+from ..core.problem import Problem
 
 # SobolEngine's direction numbers cover this many dimensions.
 SOBOL_MAX_DIMENSION = SobolEngine.MAXDIM
@@ -43,10 +41,10 @@ class VarianceReduction:
     name: str
     summary: str
     # (estimator, problem, N) -> the surrogate to run, or a string saying why the scheme does not apply.
-    compose: Callable[["Estimator", Problem, int], Union["Surrogate", str]]
+    compose: Callable[[Estimator, Problem, int], Union[Surrogate, str]]
 
 
-def _plain(estimator: "Estimator", problem: Problem, n_samples: int) -> Union["Surrogate", str]:
+def _plain(estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
     reason = estimator.skip_reason(problem, n_samples)
     return estimator.surrogate if reason is None else reason
 
@@ -126,7 +124,7 @@ def _gaussian_only(scheme: str, problem: Problem) -> str | None:
 
 
 def _sampling_scheme(scheme: str, standard_noise: StandardNoise, needs_even_n: bool):
-    def compose_scheme(estimator: "Estimator", problem: Problem, n_samples: int) -> Union["Surrogate", str]:
+    def compose_scheme(estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
         reason = _gaussian_only(scheme, problem)
         if reason:
             return reason
@@ -147,7 +145,7 @@ def _sampling_scheme(scheme: str, standard_noise: StandardNoise, needs_even_n: b
 # Control variates: formula-changing schemes with a surrogate per estimator they know.
 
 
-def _control_variate_applies(scheme: str, estimator: "Estimator", problem: Problem, known: tuple[str, ...]) -> str | None:
+def _control_variate_applies(scheme: str, estimator: Estimator, problem: Problem, known: tuple[str, ...]) -> str | None:
     if estimator.name not in known:
         return f"{scheme} is a control variate for {' and '.join(known)} only, not {estimator.name}"
     if not problem.distribution_depends_on_theta:
@@ -195,7 +193,7 @@ def optimal_baseline_score_function(problem: Problem, theta: Tensor, n_samples: 
     return (f.detach() - baseline) * dist.log_prob(x) + f
 
 
-def _compose_optimal_baseline(estimator: "Estimator", problem: Problem, n_samples: int) -> Union["Surrogate", str]:
+def _compose_optimal_baseline(estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
     reason = _control_variate_applies("optimal_baseline", estimator, problem, ("score_function",))
     if reason:
         if estimator.name == "score_function_loo":
@@ -250,7 +248,7 @@ def delta_cv_pathwise(problem: Problem, theta: Tensor, n_samples: int) -> Tensor
 _DELTA_CV = {"score_function": delta_cv_score_function, "pathwise": delta_cv_pathwise}
 
 
-def _compose_delta_cv(estimator: "Estimator", problem: Problem, n_samples: int) -> Union["Surrogate", str]:
+def _compose_delta_cv(estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
     reason = _control_variate_applies("delta_cv", estimator, problem, tuple(_DELTA_CV))
     if reason:
         return reason
@@ -263,55 +261,29 @@ def _compose_delta_cv(estimator: "Estimator", problem: Problem, n_samples: int) 
     return lambda problem, theta, n_samples: surrogate(problem, theta, n_samples)
 
 
-VARIANCE_REDUCTIONS: dict[str, VarianceReduction] = {
-    scheme.name: scheme
-    for scheme in (
-        VarianceReduction("none", "plain Monte Carlo: the estimator as it is", _plain),
-        VarianceReduction(
-            "antithetic",
-            "pairs (ε, −ε) of Gaussian noise, x = μ + σε; estimators that admit coupled samples; Gaussians; N even",
-            _sampling_scheme("antithetic", antithetic_standard_normal, needs_even_n=True),
-        ),
-        VarianceReduction(
-            "qmc",
-            "randomised QMC: ε = Φ⁻¹(u), u scrambled Sobol (one coordinate per replicate); estimators that admit coupled "
-            "samples; Gaussians; best at N = 2^k; samples of one estimate are dependent",
-            _sampling_scheme("qmc", scrambled_sobol_standard_normal, needs_even_n=False),
-        ),
-        VarianceReduction(
-            "optimal_baseline",
-            "score function with the variance-optimal scalar baseline E[ĝ s]/E[s²] fitted on the other N − 1 "
-            "samples (unbiased, no extra cost evaluations); scalar samples, any distribution; N >= 2",
-            _compose_optimal_baseline,
-        ),
-        VarianceReduction(
-            "delta_cv",
-            "delta-method control variate (Mohamed et al. §7.2): f minus its 2nd-order Taylor expansion at μ, "
-            "plus ∂E[expansion] in closed form, β = 1; score function and pathwise on Gaussians",
-            _compose_delta_cv,
-        ),
-    )
-}
-
-
-class VarianceReductionError(ValueError):
-    """An unknown variance-reduction scheme; the message says which are allowed."""
-
-
-def get_variance_reduction(name: str) -> VarianceReduction:
-    try:
-        return VARIANCE_REDUCTIONS[name]
-    except KeyError:
-        raise VarianceReductionError(
-            f"unknown variance reduction {name!r}; allowed: {', '.join(VARIANCE_REDUCTIONS)}"
-        ) from None
-
-
-def compose(name: str, estimator: "Estimator", problem: Problem, n_samples: int) -> Union["Surrogate", str]:
-    """The surrogate of ``estimator`` under scheme ``name`` on (problem, N), or why that combination does not apply."""
-    scheme = get_variance_reduction(name)
-    if name != "none":
-        reason = estimator.skip_reason(problem, n_samples)
-        if reason is not None:
-            return reason
-    return scheme.compose(estimator, problem, n_samples)
+SCHEMES: tuple[VarianceReduction, ...] = (
+    VarianceReduction("none", "plain Monte Carlo: the estimator as it is", _plain),
+    VarianceReduction(
+        "antithetic",
+        "pairs (ε, −ε) of Gaussian noise, x = μ + σε; estimators that admit coupled samples; Gaussians; N even",
+        _sampling_scheme("antithetic", antithetic_standard_normal, needs_even_n=True),
+    ),
+    VarianceReduction(
+        "qmc",
+        "randomised QMC: ε = Φ⁻¹(u), u scrambled Sobol (one coordinate per replicate); estimators that admit coupled "
+        "samples; Gaussians; best at N = 2^k; samples of one estimate are dependent",
+        _sampling_scheme("qmc", scrambled_sobol_standard_normal, needs_even_n=False),
+    ),
+    VarianceReduction(
+        "optimal_baseline",
+        "score function with the variance-optimal scalar baseline E[ĝ s]/E[s²] fitted on the other N − 1 "
+        "samples (unbiased, no extra cost evaluations); scalar samples, any distribution; N >= 2",
+        _compose_optimal_baseline,
+    ),
+    VarianceReduction(
+        "delta_cv",
+        "delta-method control variate (Mohamed et al. §7.2): f minus its 2nd-order Taylor expansion at μ, "
+        "plus ∂E[expansion] in closed form, β = 1; score function and pathwise on Gaussians",
+        _compose_delta_cv,
+    ),
+)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
-from .problems import Problem, ProblemFamily
+from ..core.problem import Problem, ProblemFamily
 
 MULTI_TARGETS = ("t1", "t2", "t3", "t4")
 CATEGORICAL_K = 4

@@ -26,9 +26,9 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Independent
 from torch.nn.functional import logsigmoid, softplus
 
-from . import discrete_estimators as discrete
-from .gradient_estimators import score_function, score_function_loo
-from .workload import TrainingRun, Workload, WorkloadEstimator, surrogate_problem
+from ..methods import discrete
+from ..methods.basic import score_function, score_function_loo
+from .base import TrainingRun, Workload, WorkloadEstimator, surrogate_problem
 
 LATENTS = 8
 PIXELS = 64

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
-from .problems import Problem, ProblemError, ProblemFamily
+from ..core.problem import Problem, ProblemError, ProblemFamily
 
 MAX_DIMENSION = 4096  # a cell holds N·M·D values; beyond this a sweep cell would not fit in memory
 

@@ -30,8 +30,9 @@ from torch import Tensor
 from torch.distributions import Independent, Normal, kl_divergence
 from torch.nn.functional import softplus
 
-from .gradient_estimators import measure_valued, pathwise, score_function, score_function_loo, weighted_score_sum
-from .workload import TrainingRun, Workload, WorkloadEstimator, surrogate_problem
+from ..core.distributions import weighted_score_sum
+from ..methods.basic import measure_valued, pathwise, score_function, score_function_loo
+from .base import TrainingRun, Workload, WorkloadEstimator, surrogate_problem
 
 TRAIN_STEPS = 2000  # the full preset's last checkpoint; make bench trains only to its own (500)
 LEARNING_RATE = 0.05

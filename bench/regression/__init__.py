@@ -28,6 +28,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import environment, run_folder
-from .statistics import Z95, holm
-from .table import TABLE_NAME, TableError, latest_rows, load_table
+from .. import environment, run_folder
+from ..statistics import Z95, holm
+from ..table import TABLE_NAME, TableError, latest_rows, load_table
 
 ALPHA = 0.01  # family-wise false-alarm rate per metric across the whole grid (Holm)
 MIN_VARIANCE_RATIO = 1.2  # a variance change under 20% is not worth failing a build for
@@ -399,7 +400,7 @@ class RegressionOutcome:
 def record_baseline(folder: Path, *, preset_name: str = "ci", base_seed: int = 0, progress: bool = True) -> Path:
     """Measure ``preset_name`` and the speed benchmarks into ``folder``: a new or empty folder, or one a baseline
     was recorded into before (then the files it recorded are replaced; nothing else is touched)."""
-    from . import grid, sweep  # noqa: PLC0415 - heavy imports only when running
+    from .. import grid, sweep  # noqa: PLC0415 - heavy imports only when running
 
     folder = Path(folder)
     cells = grid.expand(grid.preset(preset_name))
@@ -420,11 +421,12 @@ def record_baseline(folder: Path, *, preset_name: str = "ci", base_seed: int = 0
 
 
 def run_regression(baseline_folder: Path, out: Path, *, base_seed: int | None = None, progress: bool = True,
-                   report: bool = False) -> RegressionOutcome:  # fmt: skip
+                   render: Callable[[Path], Path] | None = None) -> RegressionOutcome:  # fmt: skip
     """Re-measure the baseline's preset into ``out`` and compare; writes ``out/regressions.csv`` (and, with
-    ``report``, ``out/report.md``). ``out`` is new, empty, or a folder ``regress`` wrote before: a regression
-    run is always a fresh measurement, so the files it wrote there before are replaced, and only those."""
-    from . import grid, sweep  # noqa: PLC0415
+    ``render``, e.g. ``bench.report.write_report``, the report). ``out`` is new, empty, or a folder ``regress``
+    wrote before: a regression run is always a fresh measurement, so the files it wrote there before are
+    replaced, and only those."""
+    from .. import grid, sweep  # noqa: PLC0415
 
     baseline, baseline_speed, meta = load_baseline(baseline_folder)  # fails before any work is done
     out = Path(out)
@@ -450,10 +452,8 @@ def run_regression(baseline_folder: Path, out: Path, *, base_seed: int | None = 
         frame = frame.sort_values("verdict", key=lambda s: s.map(VERDICTS.index), kind="stable").reset_index(drop=True)
         frame.to_csv(out / REGRESSIONS_CSV, index=False)
         outcome = RegressionOutcome(frame, same_machine)
-        if report:
-            from .report import write_report  # noqa: PLC0415 - report imports this module
-
-            outcome = RegressionOutcome(frame, same_machine, write_report(out))
+        if render is not None:
+            outcome = RegressionOutcome(frame, same_machine, render(out))
         claim.record()
     return outcome
 

@@ -13,8 +13,9 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .gradient_estimators import Estimator, EstimatorError, ParameterRange, diagonal_gaussian
-from .problems import Problem
+from ..core.distributions import diagonal_gaussian
+from ..core.estimator import Estimator, EstimatorError, ParameterRange
+from ..core.problem import Problem
 
 DEFAULT_STEP = 0.1
 

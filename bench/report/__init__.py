@@ -13,15 +13,16 @@ import numpy as np
 import pandas as pd
 
 from estimators import ESTIMATORS, PEER_STATUS, VARIANCE_REDUCTIONS, ProblemError, make_problem
-from estimators.discrete_estimators import exact_relaxed_mean
+from estimators.methods.discrete import exact_relaxed_mean
 
 from estimators.workloads import WORKLOADS
 
-from . import environment, plots, run_folder, verdict
-from .statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z, familywise_biased
-from .table import TABLE_NAME, TableError, latest_rows, load_table
+from .. import environment, regression, run_folder
+from ..statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z, familywise_biased
+from ..table import TABLE_NAME, TableError, latest_rows, load_table
+from . import plots, verdict
 from .verdict import fmt
-from .workload_report import choice_lines, workload_biases, workload_sections
+from .workloads import choice_lines, workload_biases, workload_sections
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
 
@@ -482,8 +483,6 @@ def replace_whole(path: Path, data: bytes) -> None:
 
 def _regression_section(out_dir: Path) -> list[str]:
     """Verdicts of `varbench regress` (regressions.csv beside the table), when this folder is a regression run."""
-    from . import regression  # noqa: PLC0415
-
     path = out_dir / regression.REGRESSIONS_CSV
     if not path.exists():
         return []

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .cost import interval_log_se
-from .statistics import Z95
+from ..cost import interval_log_se
+from ..statistics import Z95
 
 # A winner must be better than every other estimator by more than this factor, with 95% confidence. Two reasons
 # for a band this wide: a cost ratio measured again moves by ~4.5% (sd of its log, docs/performance.md) and more

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 
-from estimators import ESTIMATORS, PEER_ESTIMATORS, estimate, make_problem
+from estimators import ESTIMATORS, estimate, make_problem
 
 SPEED_THREADS = 1
 N_SAMPLES = 1000
@@ -47,8 +47,10 @@ CASES = [
 ]
 
 
-# Peer libraries are optional, so the baseline does not depend on what is installed.
-BENCHMARKED = [name for name in ESTIMATORS if name not in PEER_ESTIMATORS]
+# Named, not taken from the registry: a new estimator (or an installed plug-in) must not change what the committed
+# baseline timed; add it here when it should be gated.
+BENCHMARKED = ["naive", "score_function", "score_function_loo", "pathwise", "measure_valued", "arm", "disarm",
+               "gumbel_softmax", "straight_through", "rebar", "relax", "finite_difference"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -26,10 +26,10 @@ import torch
 from torch.utils import benchmark
 
 from estimators import ESTIMATORS, estimate, make_problem
-from estimators.gradient_estimators import DEFAULT_MEMORY_BUDGET, PARALLEL_CALL_SAMPLES, WORKING_VALUES_PER_SAMPLE
-from estimators.workload import one_thread
+from estimators.core.random_streams import one_intra_op_thread
+from estimators.engine import DEFAULT_MEMORY_BUDGET, PARALLEL_CALL_SAMPLES, WORKING_VALUES_PER_SAMPLE
 
-from . import environment
+from .. import environment
 
 PERF_TITLE = "# varbench performance"
 FLOOR_TARGET = 0.5  # vectorised samples/s at least half of torch.randn's on the same device
@@ -179,9 +179,9 @@ def sweep_speed(out: Path, grid: tuple = SWEEP_GRID) -> dict:
     """Measure ``grid`` (problems, θ, estimators, N) as ``varbench run`` does into a fresh ``out`` folder: wall
     time, cells per second, the share of the cells' time spent measuring cost, and the median relative standard
     error of the variance (the precision the time bought)."""
-    from . import sweep  # noqa: PLC0415 - the sweep machinery is only needed here
-    from .grid import Sweep, expand  # noqa: PLC0415
-    from .table import load_table  # noqa: PLC0415
+    from .. import sweep  # noqa: PLC0415 - the sweep machinery is only needed here
+    from ..grid import Sweep, expand  # noqa: PLC0415
+    from ..table import load_table  # noqa: PLC0415
 
     problems, thetas, estimators, ns = grid
     cells = expand([Sweep(problem, thetas=thetas, estimators=estimators, n_samples=ns) for problem in problems])
@@ -259,7 +259,7 @@ def run_perf(out: Path, config: PerfConfig = PerfConfig(), progress=print) -> pd
                 if is_target and device == "cpu" and torch.get_num_threads() > 1:
                     # torch.randn fills on one CPU thread; the estimate overlaps its calls' draws on all of
                     # them. The one-thread fraction shows how much of the ratio is that overlap.
-                    with one_thread():
+                    with one_intra_op_thread():
                         alone, rate = floor_fraction(name, problem, case[3], n, m, device, config.min_run_time)
                     add(section="floor_one_thread", **common, problem=problem.label, estimator=name, n_samples=n,
                         n_replicates=m, metric="fraction_of_rng_floor", value=alone,

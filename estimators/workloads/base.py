@@ -1,10 +1,9 @@
 """A real workload's definition: what the estimators see of it and where its ground truth comes from.
 
-See workloads.py for the registry and the estimation driver."""
+See estimators/workloads/__init__.py for the registry and the estimation driver."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -12,19 +11,8 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .problems import Problem, ProblemError
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run a training loop on one intra-op thread, restored afterwards: its tensors are small, and two threads
-    contending with another process made it 20× slower (3 s -> 66 s for the VAE on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+from ..core.problem import Problem, ProblemError
+from ..core.random_streams import one_intra_op_thread
 
 
 class TrainingRun:
@@ -44,7 +32,7 @@ class TrainingRun:
             self._state = {k: v.clone().requires_grad_(True) for k, v in self._initial().items()}
             self._optimiser = torch.optim.Adam(list(self._state.values()), lr=self._learning_rate)
             self._history.append({k: v.detach().clone() for k, v in self._state.items()})
-        with one_thread():
+        with one_intra_op_thread():  # small tensors: a second thread contending with another process only slows it
             while len(self._history) <= step:
                 self._optimiser.zero_grad()
                 self._loss(self._state, len(self._history) - 1).backward()

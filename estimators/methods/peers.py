@@ -49,8 +49,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .gradient_estimators import Estimator, _needs_rsample
-from .problems import Problem
+from ..core.estimator import Estimator
+from ..core.problem import Problem
+from .basic import needs_rsample
 
 BASELINE_WARMUP_STEPS = 20
 BASELINE_BETA = 0.9
@@ -175,7 +176,7 @@ else:
                     "pyro_trace_elbo",
                     pyro_trace_elbo,
                     "Pyro Trace_ELBO, z reparameterised: pathwise ∂f(g_θ(ε)) (peer of pathwise)",
-                    skip_reason=_needs_rsample,
+                    skip_reason=needs_rsample,
                 ),
                 Estimator(
                     "pyro_tracegraph_elbo",
@@ -237,7 +238,7 @@ else:
                     "storch_reparameterization",
                     storch_reparameterization,
                     "Storchastic Reparameterization: pathwise (peer of pathwise)",
-                    skip_reason=_needs_rsample,
+                    skip_reason=needs_rsample,
                 ),
                 Estimator(
                     "storch_score_function",

@@ -27,7 +27,7 @@ from scipy.special import betainc, digamma, gammainc, gammaln, polygamma
 from torch import Tensor
 from torch.distributions import Beta, Dirichlet, Distribution, Gamma
 
-from .problems import Problem, ProblemError, ProblemFamily
+from ..core.problem import Problem, ProblemError, ProblemFamily
 
 
 def _trigamma(x: float) -> float:

@@ -1,0 +1,1 @@
+"""Base types and shared machinery: problems, estimators, the registry, random streams."""
