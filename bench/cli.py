@@ -284,6 +284,21 @@ def _perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from .table import schema_markdown
+
+    print(schema_markdown(), end="")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from . import check
+
+    rows = check.check_estimator(args.estimator, seed=args.seed)
+    print(check.render(args.estimator, rows))
+    return 0 if check.passed(rows) else 1
+
+
 def _report(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not (folder / TABLE_NAME).is_file():
@@ -394,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = commands.add_parser("list", help="list problems, estimators and presets")
     lst.set_defaults(handler=_list)
+
+    sch = commands.add_parser("schema", help="print the results table's schema (Markdown, as in docs/schema.md)")
+    sch.set_defaults(handler=_schema)
+
+    chk = commands.add_parser("check", help="check an estimator (yours: module:attribute) against every shipped problem")
+    chk.add_argument("estimator", help="estimator name, module:attribute, or an installed plug-in's name")
+    chk.add_argument("--seed", type=_seed, default=0, help="seed of the check's draws")
+    chk.set_defaults(handler=_check)
     return parser
 
 

@@ -133,13 +133,19 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
-def problem_fingerprint(problem: str) -> str:
-    """16 hex digits of sha256 over the source file of a user problem's module (``module:attribute``), read once
-    per process; '' for varbench's own problems (code_fingerprint covers them)."""
-    module_name, sep, _ = problem.partition(":")
-    if not sep:
+def user_code_fingerprint(*names: str) -> str:
+    """16 hex digits of sha256 over the source files of the user modules that ``names`` (a cell's problem and
+    estimator) load from (``module:attribute``); '' when they are all varbench's own (code_fingerprint covers
+    those)."""
+    parts = [_module_fingerprint(name.partition(":")[0]) for name in names if ":" in name]
+    if not parts:
         return ""
+    return parts[0] if len(parts) == 1 else hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _module_fingerprint(module_name: str) -> str:
+    """sha256 (16 hex digits) of a user module's source file, read once per process."""
     try:
         source = getattr(sys.modules.get(module_name) or import_user_module(module_name), "__file__", None)
         return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators import ESTIMATORS, VARIANCE_REDUCTIONS, Problem, describe, get_estimator, get_variance_reduction, make_problem
+from estimators import (ESTIMATORS, VARIANCE_REDUCTIONS, EstimatorError, Problem, describe, estimate, get_estimator,
+                        get_variance_reduction, make_problem)  # fmt: skip
 from estimators.workloads import WORKLOADS
 
 from .environment import resolve_devices
@@ -170,6 +171,8 @@ class Sweep:
             for theta in self.thetas:
                 problem.check_theta(theta)
                 self._check_point(problem, theta, variants)
+            for estimator in dict.fromkeys(name for name, _ in variants):
+                probe_user_estimator(estimator, problem, self.thetas[0], min(self.n_samples))
             resolved = tuple(sorted(problem.params.items()))
             for theta, (estimator, options), scheme, n, device in itertools.product(
                 self.thetas, variants, self.variance_reductions, self.n_samples, devices
@@ -205,6 +208,29 @@ class Sweep:
             for step, (estimator, options), scheme, n, device in itertools.product(
                 steps, variants, self.variance_reductions, self.n_samples, devices)
         ]  # fmt: skip
+
+
+PROBE_REPLICATES = 3
+
+
+def probe_user_estimator(name: str, problem: Problem, theta: float, n_samples: int) -> None:
+    """Run a user's (or a plug-in's) estimator once on a tiny cell, so that a surrogate of the wrong shape or one
+    that raises is one line before anything is written, not an error row per cell. Shipped estimators are
+    tested by the suite and not probed. Draws from a forked stream: the sweep's numbers do not change."""
+    if not {"user", "plugin"} & ESTIMATORS.tags(name):
+        return
+    estimator = get_estimator(name)
+    if estimator.skip_reason(problem, n_samples) is not None:
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            estimate(estimator, problem, theta, n_samples, PROBE_REPLICATES)
+        except EstimatorError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the user's surrogate may raise anything
+            raise EstimatorError(f"estimator {name} failed on {problem.label} at θ={theta:g}, N={n_samples}: "
+                                 f"{type(error).__name__}: {error}") from None  # fmt: skip
 
 
 def expand(sweeps: list[Sweep], available_devices: list[str] | None = None) -> list[Cell]:

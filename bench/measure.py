@@ -84,7 +84,7 @@ def base_row(cell: Cell, base_seed: int, started_at: str) -> dict:
         hostname=socket.gethostname(),
         started_at=started_at,
         code_hash=environment.code_fingerprint(),
-        problem_hash=environment.problem_fingerprint(cell.problem),
+        user_code_hash=environment.user_code_fingerprint(cell.problem, cell.estimator),
     )
     return row
 

@@ -27,7 +27,7 @@ class SweepOutcome:
 
 
 def finished_runs(table: Path) -> dict[tuple, tuple[str, str]]:
-    """Keys of cells already measured (ok or skipped) in ``table``, each with the (code_hash, problem_hash) of
+    """Keys of cells already measured (ok or skipped) in ``table``, each with the (code_hash, user_code_hash) of
     its latest such row; errors are retried."""
     if not table.exists():
         return {}
@@ -36,14 +36,14 @@ def finished_runs(table: Path) -> dict[tuple, tuple[str, str]]:
     done = frame[frame["status"].isin(["ok", "skipped"])]
     return {
         (row.cell_id, int(row.base_seed), None if row.replicates_rule == "auto" else int(row.n_replicates)):
-        (row.code_hash, row.problem_hash)
+        (row.code_hash, row.user_code_hash)
         for row in done.itertuples()
     }
 
 
 def code_of(cell: Cell) -> tuple[str, str]:
-    """(code_hash, problem_hash) a row measured now by this process would carry."""
-    return environment.code_fingerprint(), environment.problem_fingerprint(cell.problem)
+    """(code_hash, user_code_hash) a row measured now by this process would carry."""
+    return environment.code_fingerprint(), environment.user_code_fingerprint(cell.problem, cell.estimator)
 
 
 def _cell_key(cell: Cell, base_seed: int) -> tuple:
@@ -60,7 +60,7 @@ def run_cells(cells: list[Cell], out_dir: Path, base_seed: int, *, progress: boo
     ``executor``: where blocks run (default: in this process; see bench/executors.py). Wherever they run, rows
     come back here and are appended by this process alone, in the order they finish, under the folder's lock
     (another process holding it: RunFolderError, or with ``wait`` wait for it). A finished cell measured by other
-    code (its row's code_hash or problem_hash differs) is measured again unless ``keep_stale``; ``force``
+    code (its row's code_hash or user_code_hash differs) is measured again unless ``keep_stale``; ``force``
     measures every cell again. Rows are only ever appended: readers take each cell's latest. ``timed=False``
     leaves the timing columns empty (tests that only need the statistics).
     """

@@ -75,11 +75,24 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("git_sha", "str", "commit of varbench that produced the row (+ '-dirty' with uncommitted changes)"),
     ("hostname", "str", "machine that produced the row"),
     ("started_at", "str", "UTC time the cell started (ISO 8601)"),
-    ("code_hash", "str", "16 hex digits of sha256 over varbench's measuring source (bench/ and estimators/ but the CLI, report, plot and gate modules), committed or not; a re-run re-measures finished cells whose code_hash or problem_hash differs from the running code's (--keep-stale keeps them)"),
-    ("problem_hash", "str", "for a user problem (problem = module:attribute), 16 hex digits of sha256 over its module's source file; empty for varbench's own problems"),
+    ("code_hash", "str", "16 hex digits of sha256 over varbench's measuring source (bench/ and estimators/ but the CLI, report, plot and gate modules), committed or not; a re-run re-measures finished cells whose code_hash or user_code_hash differs from the running code's (--keep-stale keeps them)"),
+    ("user_code_hash", "str", "for a user problem or estimator (module:attribute), 16 hex digits of sha256 over its module's source file (both combined when the cell names two); empty for varbench's own"),
     ("elapsed_s", "float", "wall time spent on the cell: its statistics (pilot included) plus cost_time_s"),
 ]
 COLUMNS = [name for name, _, _ in SCHEMA]
+
+
+def schema_markdown() -> str:
+    """docs/schema.md: the table's columns as this module defines them (``varbench schema`` prints it; a test
+    keeps the committed file equal to it, so the documentation cannot drift from the code)."""
+    lines = ["# The results table (`table.csv`)", "",
+             "Generated from `bench/table.py` by `varbench schema`; do not edit by hand. One row per cell (see "
+             "docs/statistics.md for what a cell is and how each statistic is computed). Floats are written with "
+             "full precision (`repr`), so numbers round-trip exactly; `seed` and `base_seed` are integers in "
+             "[0, 2⁶³) read back as exact int64; booleans are `True`/`False`, empty where there is no verdict.", "",
+             "| column | type | meaning |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| `{name}` | {kind} | {meaning.replace('|', chr(92) + '|')} |" for name, kind, meaning in SCHEMA]
+    return "\n".join(lines) + "\n"
 _TYPES = {name: kind for name, kind, _ in SCHEMA}
 BOOL_COLUMNS = [name for name, kind, _ in SCHEMA if kind == "bool"]
 TABLE_NAME = "table.csv"
@@ -208,7 +221,7 @@ def load_table(path: Path) -> pd.DataFrame:
         data = data[: data.rfind(b"\n") + 1]
     try:
         frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""],
-                            dtype={"note": str, "code_hash": str, "problem_hash": str, **dict.fromkeys(SEED_COLUMNS, str)})  # fmt: skip
+                            dtype={"note": str, "code_hash": str, "user_code_hash": str, **dict.fromkeys(SEED_COLUMNS, str)})  # fmt: skip
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TableError(f"results table {path} is corrupt ({first})") from None
@@ -236,7 +249,7 @@ def load_table(path: Path) -> pd.DataFrame:
         # True, False, or None where the table holds no verdict (never NaN, which is truthy).
         flags = frame[column].astype(str).str.lower().map({"true": True, "false": False}).astype(object)
         frame[column] = flags.where(flags.notna(), None)
-    for column in ("note", "code_hash", "problem_hash"):
+    for column in ("note", "code_hash", "user_code_hash"):
         frame[column] = frame[column].fillna("")
     return frame
 

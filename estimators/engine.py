@@ -29,6 +29,21 @@ PARALLEL_CALL_SAMPLES = 1 << 19
 _GLOBAL_GENERATOR_USERS: set[tuple[str, str]] = set()
 
 
+def check_surrogate(name: str, surrogate: object, n_samples: int, theta: Tensor) -> None:
+    """EstimatorError unless ``surrogate`` is what the signature promises (estimators/core/estimator.py): a floating
+    tensor of shape [N, *θ.shape] (one term per sample) or [*θ.shape] (summed over the samples)."""
+    per_sample, summed = (n_samples, *theta.shape), tuple(theta.shape)
+    if not isinstance(surrogate, Tensor):
+        raise EstimatorError(f"estimator {name}: its surrogate must return a tensor of shape [N, *θ.shape] = "
+                             f"{list(per_sample)} or [*θ.shape] = {list(summed)}, got {type(surrogate).__name__}")  # fmt: skip
+    if tuple(surrogate.shape) not in (per_sample, summed):
+        raise EstimatorError(f"estimator {name}: its surrogate returned shape {list(surrogate.shape)} for N = "
+                             f"{n_samples} samples and θ of shape {list(summed)} (the replicates); expected "
+                             f"[N, *θ.shape] = {list(per_sample)} or, summed over the samples, {list(summed)}")  # fmt: skip
+    if not surrogate.is_floating_point():
+        raise EstimatorError(f"estimator {name}: its surrogate must be floating-point, got dtype {surrogate.dtype}")
+
+
 def plan_chunks(
     n_samples: int, n_replicates: int, bytes_per_sample: int, memory_budget: int, split_samples: bool
 ) -> tuple[int, int]:
@@ -100,6 +115,7 @@ def estimate(
             for first in range(0, n_samples, samples_per_call):
                 samples = min(samples_per_call, n_samples - first)
                 surrogate = surrogate_fn(problem, theta_batch, samples, **resolved)
+                check_surrogate(estimator.name, surrogate, samples, theta_batch)
                 # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
                 if surrogate.requires_grad:
                     (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)

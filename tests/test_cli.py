@@ -329,7 +329,11 @@ def test_python_dash_m_bench_is_the_same_cli_and_prints_no_traceback():
     assert result.stderr.strip() == "varbench: error: theta must be a finite number, got nan"
 
 
-def test_results_readme_documents_exactly_the_table_schema():
-    readme = (REPO / "results" / "README.md").read_text()
-    documented = re.findall(r"^\| `([a-z_]+)` \|", readme, re.M)
+def test_docs_schema_is_the_code_s_schema(capsys):
+    from bench.table import schema_markdown
+
+    assert (REPO / "docs" / "schema.md").read_text(encoding="utf-8") == schema_markdown()
+    documented = re.findall(r"^\| `([a-z_]+)` \|", schema_markdown(), re.M)
     assert documented == COLUMNS
+    code, out, _ = run_cli(["schema"], capsys)
+    assert code == 0 and out == schema_markdown()

@@ -496,7 +496,7 @@ def test_an_edited_user_problem_is_measured_again_unless_kept(tmp_path):
     assert again.returncode == 0 and "1 cells measured (1 of them again), 0 already" in again.stdout, again.stderr
     assert "1 finished cells were measured by other code" in again.stderr
     rows = load_table(tmp_path / "out" / TABLE_NAME)
-    assert len(rows) == 2 and rows["problem_hash"].nunique() == 2  # the old row stays; readers take the latest
+    assert len(rows) == 2 and rows["user_code_hash"].nunique() == 2  # the old row stays; readers take the latest
     from bench.table import latest_rows
 
     assert latest_rows(rows)["grad_mean"].iloc[0] == pytest.approx(6.0, rel=0.2)
@@ -508,7 +508,7 @@ def test_an_edited_user_problem_is_measured_again_unless_kept(tmp_path):
 def test_cells_measured_by_another_varbench_are_measured_again(small_run, tmp_path, capsys):
     folder = copy_run(small_run, tmp_path / "copy")
     frame = pd.read_csv(folder / TABLE_NAME, dtype=str, keep_default_na=False)
-    assert (frame["code_hash"] != "").all() and (frame["problem_hash"] == "").all()
+    assert (frame["code_hash"] != "").all() and (frame["user_code_hash"] == "").all()
     frame.loc[0, "code_hash"] = "0123456789abcdef"
     frame.to_csv(folder / TABLE_NAME, index=False, lineterminator="\n")
     code, out, err = run_cli([*SMALL, "--out", str(folder), "--no-report"], capsys)

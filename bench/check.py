@@ -1,0 +1,149 @@
+"""``varbench check ESTIMATOR``: the conformance check a user runs on an estimator before publishing numbers from it
+(as ``benchopt test`` checks a solver, or scikit-learn's ``check_estimator`` a model).
+
+On one example point of every shipped problem family (``example_points``), for every point the estimator applies
+to, it checks:
+
+- **shape**: the surrogate returns [N, *θ.shape] or [*θ.shape], floating-point (``engine.check_surrogate``);
+- **deterministic**: the same seed gives the same estimates, bit for bit;
+- **finite**: every estimate is finite (a NaN or an overflow is a bug, or a problem the estimator should skip);
+- **unbiased**, where the estimator declares itself unbiased on the problem: |mean − exact| within the z bound
+  of its standard error (plus the dtype's rounding resolution), Bonferroni-corrected over the points checked at
+  family-wise α = 0.001, so a correct estimator fails with probability below 0.1%. Points whose estimates have
+  an infinite variance there are not tested for bias (a z-test needs a variance).
+
+The estimates are float64, so rounding does not hide or fake a bias.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from estimators import PROBLEMS, Estimator, EstimatorError, Problem, estimate, get_estimator, make_problem
+
+from .statistics import BIAS_ALPHA, rounding_resolution
+
+CHECK_SAMPLES = 10
+CHECK_REPLICATES = 4000
+# Problem tags a check covers: every shipped scalar family (workloads have no exact scalar mean to test).
+CHECKED_TAGS = ("seed", "gaussian", "implicit", "discrete", "diagonal_gaussian")
+
+
+@dataclass(frozen=True)
+class CheckPoint:
+    problem: Problem
+    theta: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.problem.label} θ={self.theta:g}"
+
+
+def example_points() -> list[CheckPoint]:
+    """One point per shipped problem family and parameter it can be taken w.r.t.: the family's default parameters
+    at a valid θ."""
+    points = []
+    for tag in CHECKED_TAGS:
+        for name in PROBLEMS.names(tag):
+            family = PROBLEMS.get(name)
+            for wrt in family.wrt_choices:
+                problem = make_problem(name, wrt)
+                points.append(CheckPoint(problem, problem.valid_theta()))
+    return points
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    point: str
+    applies: str  # "yes", or why not
+    shape: str = ""
+    deterministic: str = ""
+    finite: str = ""
+    unbiased: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return any(value.startswith("FAIL") for value in (self.shape, self.deterministic, self.finite, self.unbiased))
+
+
+def check_estimator(name: str, *, seed: int = 0, n_samples: int = CHECK_SAMPLES,
+                    replicates: int = CHECK_REPLICATES) -> list[CheckRow]:  # fmt: skip
+    """The check's table for estimator ``name`` (shipped, a plug-in, or ``module:attribute``)."""
+    estimator = get_estimator(name)
+    points = example_points()
+    applicable = [p for p in points if estimator.skip_reason(p.problem, n_samples) is None]
+    tested_for_bias = [p for p in applicable if _tests_bias(estimator, p)]
+    critical = float(stats.norm.isf(BIAS_ALPHA / 2 / max(len(tested_for_bias), 1)))
+    rows = []
+    for point in points:
+        reason = estimator.skip_reason(point.problem, n_samples)
+        if reason is not None:
+            rows.append(CheckRow(point.label, f"no: {reason}"))
+            continue
+        rows.append(_check_point(estimator, point, seed, n_samples, replicates, critical, point in tested_for_bias))
+    return rows
+
+
+def _tests_bias(estimator: Estimator, point: CheckPoint) -> bool:
+    return (bool(estimator.unbiased_for(point.problem)) and point.problem.gradient is not None
+            and not point.problem.infinite_variance(point.theta))  # fmt: skip
+
+
+def _check_point(estimator: Estimator, point: CheckPoint, seed: int, n: int, m: int, critical: float,
+                 test_bias: bool) -> CheckRow:  # fmt: skip
+    def draw(replicates: int) -> np.ndarray:
+        torch.manual_seed(seed)
+        return estimate(estimator, point.problem, point.theta, n, replicates, dtype=torch.float64).numpy()
+
+    try:
+        small = draw(5)
+    except EstimatorError as error:
+        return CheckRow(point.label, "yes", shape=f"FAIL: {error}")
+    except Exception as error:  # noqa: BLE001 - a user's surrogate may raise anything; the check reports it
+        return CheckRow(point.label, "yes", shape=f"FAIL: raised {type(error).__name__}: {error}")
+    shape = "ok"
+    same = draw(5)
+    deterministic = "ok" if np.array_equal(small, same, equal_nan=True) else (
+        f"FAIL: two runs with seed {seed} differ (max |Δ| = {np.nanmax(np.abs(small - same)):.3g})")  # fmt: skip
+    estimates = draw(m)
+    finite_count = int(np.isfinite(estimates).sum())
+    finite = "ok" if finite_count == m else f"FAIL: {m - finite_count} of {m} estimates are NaN or ±inf"
+    if not test_bias:
+        why = ("not declared unbiased here" if not estimator.unbiased_for(point.problem) else
+               "no exact gradient" if point.problem.gradient is None else "infinite variance here: no z-test")  # fmt: skip
+        return CheckRow(point.label, "yes", shape, deterministic, finite, f"— ({why})")
+    if finite_count < m:
+        return CheckRow(point.label, "yes", shape, deterministic, finite, "— (non-finite estimates)")
+    exact = float(point.problem.gradient(point.theta))
+    mean, sd = float(estimates.mean()), float(estimates.std(ddof=1))
+    scale = math.hypot(sd / math.sqrt(m), rounding_resolution(exact, mean, sd, float(np.finfo(np.float64).eps)))
+    z = (mean - exact) / scale if scale > 0 else (0.0 if mean == exact else math.inf)
+    verdict = "ok" if abs(z) <= critical else "FAIL"
+    return CheckRow(point.label, "yes", shape, deterministic, finite,
+                    f"{verdict}: mean {mean:.5g} vs exact {exact:.5g}, z = {z:.2f} (|z| ≤ {critical:.2f})")  # fmt: skip
+
+
+def render(name: str, rows: list[CheckRow]) -> str:
+    """The check as a Markdown table with a closing verdict line."""
+    lines = [f"varbench check {name}: {CHECK_REPLICATES} estimates of N = {CHECK_SAMPLES} samples per point, float64",
+             "", "| problem and θ | applies | shape | deterministic | finite | unbiased |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r.point} | {r.applies} | {r.shape} | {r.deterministic} | {r.finite} | {r.unbiased} |" for r in rows]
+    applied = [r for r in rows if r.applies == "yes"]
+    failed = [r for r in applied if r.failed]
+    if not applied:
+        verdict = f"FAILED: {name} applies to none of the {len(rows)} shipped example points"
+    elif failed:
+        verdict = f"FAILED at {len(failed)} of {len(applied)} points: " + "; ".join(r.point for r in failed)
+    else:
+        verdict = f"passed at all {len(applied)} points it applies to"
+    return "\n".join([*lines, "", verdict])
+
+
+def passed(rows: list[CheckRow]) -> bool:
+    applied = [r for r in rows if r.applies == "yes"]
+    return bool(applied) and not any(r.failed for r in applied)
