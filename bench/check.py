@@ -26,12 +26,12 @@ from scipy import stats
 
 from estimators import PROBLEMS, Estimator, EstimatorError, Problem, estimate, get_estimator, make_problem
 
-from .statistics import BIAS_ALPHA, rounding_resolution
+from .statistics import BIAS_ALPHA, rounding_resolution, summarize_vector
 
 CHECK_SAMPLES = 10
 CHECK_REPLICATES = 4000
-# Problem tags a check covers: every shipped scalar family (workloads have no exact scalar mean to test).
-CHECKED_TAGS = ("seed", "gaussian", "implicit", "discrete", "diagonal_gaussian")
+WORKLOAD_REPLICATES = 400  # a workload's estimate is a whole gradient vector over a data set
+CHECKED_TAGS = ("seed", "gaussian", "implicit", "discrete", "diagonal_gaussian", "workload")
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,18 @@ class CheckPoint:
 
 def example_points() -> list[CheckPoint]:
     """One point per shipped problem family and parameter it can be taken w.r.t.: the family's default parameters
-    at a valid θ."""
+    at a valid θ (a workload: at its middle default checkpoint, the problem the estimators see there)."""
     points = []
     for tag in CHECKED_TAGS:
         for name in PROBLEMS.names(tag):
             family = PROBLEMS.get(name)
             for wrt in family.wrt_choices:
                 problem = make_problem(name, wrt)
-                points.append(CheckPoint(problem, problem.valid_theta()))
+                if problem.workload is None:
+                    points.append(CheckPoint(problem, problem.valid_theta()))
+                else:
+                    step = problem.workload.checkpoints[len(problem.workload.checkpoints) // 2]
+                    points.append(CheckPoint(problem.at(step), float(step)))
     return points
 
 
@@ -90,7 +94,8 @@ def check_estimator(name: str, *, seed: int = 0, n_samples: int = CHECK_SAMPLES,
 
 
 def _tests_bias(estimator: Estimator, point: CheckPoint) -> bool:
-    return (bool(estimator.unbiased_for(point.problem)) and point.problem.gradient is not None
+    has_truth = point.problem.gradient is not None or point.problem.workload is not None
+    return (bool(estimator.unbiased_for(point.problem)) and has_truth
             and not point.problem.infinite_variance(point.theta))  # fmt: skip
 
 
@@ -110,8 +115,11 @@ def _check_point(estimator: Estimator, point: CheckPoint, seed: int, n: int, m: 
     same = draw(5)
     deterministic = "ok" if np.array_equal(small, same, equal_nan=True) else (
         f"FAIL: two runs with seed {seed} differ (max |Δ| = {np.nanmax(np.abs(small - same)):.3g})")  # fmt: skip
+    workload = point.problem.workload
+    if workload is not None:
+        m = WORKLOAD_REPLICATES
     estimates = draw(m)
-    finite_count = int(np.isfinite(estimates).sum())
+    finite_count = int(np.isfinite(estimates).all(axis=tuple(range(1, estimates.ndim))).sum())
     finite = "ok" if finite_count == m else f"FAIL: {m - finite_count} of {m} estimates are NaN or ±inf"
     if not test_bias:
         why = ("not declared unbiased here" if not estimator.unbiased_for(point.problem) else
@@ -119,6 +127,8 @@ def _check_point(estimator: Estimator, point: CheckPoint, seed: int, n: int, m: 
         return CheckRow(point.label, "yes", shape, deterministic, finite, f"— ({why})")
     if finite_count < m:
         return CheckRow(point.label, "yes", shape, deterministic, finite, "— (non-finite estimates)")
+    if workload is not None:
+        return CheckRow(point.label, "yes", shape, deterministic, finite, _vector_bias(point, estimates, n, critical))
     exact = float(point.problem.gradient(point.theta))
     mean, sd = float(estimates.mean()), float(estimates.std(ddof=1))
     scale = math.hypot(sd / math.sqrt(m), rounding_resolution(exact, mean, sd, float(np.finfo(np.float64).eps)))
@@ -126,6 +136,23 @@ def _check_point(estimator: Estimator, point: CheckPoint, seed: int, n: int, m: 
     verdict = "ok" if abs(z) <= critical else "FAIL"
     return CheckRow(point.label, "yes", shape, deterministic, finite,
                     f"{verdict}: mean {mean:.5g} vs exact {exact:.5g}, z = {z:.2f} (|z| ≤ {critical:.2f})")  # fmt: skip
+
+
+def _vector_bias(point: CheckPoint, estimates: np.ndarray, n: int, critical: float) -> str:
+    """The verdict on a workload's gradient vector: its worst coordinate's z, Bonferroni over the coordinates and
+    over the points checked (``summarize_vector``, with the ground truth's error and the rare-event bound)."""
+    workload = point.problem.workload
+    step = int(point.theta)
+    truth, error = workload.exact_gradient(step)
+    unresolved = None
+    if workload.unresolved_by_sampling is not None:
+        unresolved = workload.unresolved_by_sampling(step, n * len(estimates)).numpy()
+    summary = summarize_vector(estimates, truth.numpy(), error.numpy(), eps=float(np.finfo(np.float64).eps),
+                               unresolved=unresolved).summary  # fmt: skip
+    # critical is Bonferroni over the points; the vector's own p-value already is over its coordinates.
+    ok = summary.bias_p_value >= 2 * stats.norm.sf(critical)
+    return (f"{'ok' if ok else 'FAIL'}: worst coordinate z = {summary.bias_z:.2f} over {len(truth)} coordinates, "
+            f"Bonferroni p = {summary.bias_p_value:.2g}")  # fmt: skip
 
 
 def render(name: str, rows: list[CheckRow]) -> str:

@@ -19,8 +19,8 @@ from estimators import (
     EstimatorError,
     ProblemError,
     VarianceReductionError,
+    make_problem,
 )
-from estimators.workloads import WORKLOADS
 
 from . import environment, run_folder
 from .environment import DeviceError
@@ -106,12 +106,10 @@ def _sweeps_from_args(args: argparse.Namespace) -> list[Sweep]:
         args.variance_reduction, "--variance-reduction", "variance reductions (see `varbench list`)")
 
     def defaults(problem: str) -> tuple[tuple[str, ...], str]:
-        # A workload runs its own estimators at its checkpoints unless told otherwise.
-        workload = WORKLOADS.get(problem)
-        if workload is None:
-            return estimators, "1"
-        chosen = workload.estimator_names if args.estimator is None else estimators
-        return chosen, ",".join(str(step) for step in workload.checkpoints)
+        # A family may say what to measure when not told (a workload: its estimators, at its checkpoints).
+        family = PROBLEMS.get(problem)
+        chosen = family.default_estimators if args.estimator is None and family.default_estimators else estimators
+        return chosen, ",".join(f"{theta:g}" for theta in family.default_thetas)
 
     return [
         Sweep(
@@ -310,14 +308,16 @@ def _report(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     print("problems (--problem; --wrt; --set NAME=VALUE):")
-    for family in PROBLEMS.values():
+    for family in (PROBLEMS.get(name) for name in PROBLEMS.names(exclude=("workload",))):
         params = ", ".join(f"{k}={v:g}" for k, v in family.defaults.items()) or "none"
         print(f"  {family.name:20s} {family.summary} [wrt {'|'.join(family.wrt_choices)}; defaults: {params}]")
     print("workloads (--problem; θ = --theta is a training step; the gradient is a vector):")
-    for workload in WORKLOADS.values():
-        print(f"  {workload.name:20s} {workload.summary} [checkpoints {', '.join(map(str, workload.checkpoints))} "
-              f"(full: {', '.join(map(str, workload.full_checkpoints))}; any step up to {workload.train_steps}); "
-              f"estimators: {', '.join(workload.estimators)}]")  # fmt: skip
+    for name in PROBLEMS.names("workload"):
+        family = PROBLEMS.get(name)
+        workload = make_problem(name).workload
+        print(f"  {name:20s} {family.summary} [wrt {family.wrt_choices[0]}; checkpoints "
+              f"{', '.join(map(str, workload.checkpoints))} (full: {', '.join(map(str, workload.full_checkpoints))}; "
+              f"any step up to {workload.train_steps}); default estimators: {', '.join(family.default_estimators)}]")  # fmt: skip
     print("estimators (--estimator):")
     for name, estimator in ESTIMATORS.items():
         params = ", ".join(f"{k}={v:g}" for k, v in estimator.parameters.items())

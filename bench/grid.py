@@ -16,7 +16,6 @@ import torch
 
 from estimators import (ESTIMATORS, VARIANCE_REDUCTIONS, EstimatorError, Problem, describe, estimate, get_estimator,
                         get_variance_reduction, make_problem)  # fmt: skip
-from estimators.workloads import WORKLOADS
 
 from .environment import resolve_devices
 
@@ -161,8 +160,6 @@ class Sweep:
         for scheme in self.variance_reductions:
             get_variance_reduction(scheme)
         devices = resolve_devices(",".join(self.devices), available_devices)
-        if self.problem in WORKLOADS:
-            return self._workload_cells(variants, devices)
         keys = sorted(self.params)
         cells = []
         for values in itertools.product(*(self.params[k] for k in keys)):
@@ -193,21 +190,6 @@ class Sweep:
             reason = estimator.point_error(problem, float(theta), dict(options))
             if reason:
                 raise GridError(reason)
-
-    def _workload_cells(self, variants, devices) -> list[Cell]:
-        """A workload's cells: θ is the checkpoint's training step; its parameters are fixed by the workload."""
-        workload = WORKLOADS[self.problem]
-        if self.params:
-            raise GridError(f"workload {workload.name} takes no --set parameters, got {', '.join(sorted(self.params))}")
-        if self.wrt not in (None, workload.wrt):
-            raise GridError(f"workload {workload.name} differentiates w.r.t. {workload.wrt}, got wrt={self.wrt!r}")
-        steps = [workload.check_step(theta) for theta in self.thetas]
-        return [
-            Cell(workload.name, (), workload.wrt, float(step), estimator, int(n), device, self.dtype, self.replicates,
-                 options, scheme)
-            for step, (estimator, options), scheme, n, device in itertools.product(
-                steps, variants, self.variance_reductions, self.n_samples, devices)
-        ]  # fmt: skip
 
 
 PROBE_REPLICATES = 3
@@ -371,13 +353,17 @@ def _dimension_sweeps(full: bool = False, **common) -> list[Sweep]:
     return sweeps
 
 
+VAE_ESTIMATORS = ("score_function", "score_function_loo", "arm", "disarm", "gumbel_softmax", "straight_through", "rebar",
+                  "relax")  # fmt: skip
+
+
 def _workload_sweeps(full: bool = False, **common) -> list[Sweep]:
     """Real workloads at checkpoints of their training runs, M = 200 (~2 min on 2 cores): Bayesian logistic
     regression (pathwise, score function with and without baselines, delta-method control variate,
     measure-valued) and the discrete VAE's encoder (every discrete estimator). ``full`` adds checkpoints and
     trains on to step 2000, larger N and the relaxations' temperatures."""
     devices = common["devices"]
-    logreg, vae = WORKLOADS["bayes_logreg"], WORKLOADS["discrete_vae"]
+    logreg, vae = make_problem("bayes_logreg").workload, make_problem("discrete_vae").workload
     logreg_steps = tuple(map(float, logreg.full_checkpoints if full else logreg.checkpoints))
     vae_steps = tuple(map(float, vae.full_checkpoints if full else vae.checkpoints))
     logreg_n = (1, 10, 100, 1000) if full else (1, 10, 100)
@@ -390,8 +376,7 @@ def _workload_sweeps(full: bool = False, **common) -> list[Sweep]:
         Sweep("bayes_logreg", thetas=logreg_steps, estimators=("score_function",), variance_reductions=("delta_cv",),
               n_samples=logreg_n, devices=devices),
         Sweep("bayes_logreg", thetas=logreg_steps, estimators=("measure_valued",), n_samples=mvd_n, devices=devices),
-        Sweep("discrete_vae", thetas=vae_steps, estimators=WORKLOADS["discrete_vae"].estimator_names, n_samples=vae_n,
-              devices=devices),
+        Sweep("discrete_vae", thetas=vae_steps, estimators=VAE_ESTIMATORS, n_samples=vae_n, devices=devices),
     ]  # fmt: skip
     if full:
         sweeps.append(Sweep("discrete_vae", thetas=vae_steps, estimators=RELAXATIONS, n_samples=(10,), devices=devices,

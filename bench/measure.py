@@ -26,7 +26,6 @@ from torch import Tensor
 from estimators import estimate, get_estimator
 from estimators.variance_reduction import compose
 from estimators.core.random_streams import one_intra_op_thread
-from estimators.workloads import WORKLOADS, estimate_workload
 
 from . import cell_progress, cost, environment
 from .grid import DTYPES, Cell
@@ -197,34 +196,48 @@ def measure_cell(cell: Cell, base_seed: int, *, timed: bool = True) -> dict:
 
 
 def measure_statistics(cell: Cell, base_seed: int) -> Measured:
-    """The cell's statistics (status ok or skipped); raises on errors."""
-    if cell.problem in WORKLOADS:
-        return measure_workload_statistics(cell, base_seed)
+    """The cell's statistics (status ok or skipped), for a scalar θ or a workload's parameter vector alike;
+    raises on errors."""
     row = base_row(cell, base_seed, utc_now())
     problem = cell.build_problem()
+    point = problem.at(cell.theta)  # a workload's problem at the checkpoint θ
     estimator = get_estimator(cell.estimator)
-    row["cost_evals_per_sample"] = estimator.cost_evaluations(problem)
-    row["true_grad_se"] = 0.0
-    if problem.gradient is not None:
-        row["true_grad"] = problem.gradient(cell.theta)
-    row["expected_unbiased"] = estimator.unbiased_for(problem)
-    options = dict(cell.estimator_params)
-    reason = compose(cell.variance_reduction, estimator, problem, cell.n_samples)
+    row["n_params"] = point.n_params
+    row["cost_evals_per_sample"] = estimator.cost_evaluations(point)
+    row["expected_unbiased"] = estimator.unbiased_for(point)
+    reason = compose(cell.variance_reduction, estimator, point, cell.n_samples)
     if isinstance(reason, str):
         row.update(status="skipped", note=reason)
         return Measured(cell, row)
+    dtype = DTYPES[cell.dtype]
+    options = dict(cell.estimator_params)
 
     def draw(replicates: int, label: str | None = None) -> torch.Tensor:
         shown = None if label is None else cell_progress.tracker(f"{cell.method} {label}", replicates * cell.n_samples)
-        return estimate(estimator, problem, cell.theta, cell.n_samples, replicates,
-                        device=cell.device, dtype=DTYPES[cell.dtype], options=options,
-                        variance_reduction=cell.variance_reduction, progress=shown)  # fmt: skip
+        return estimate(estimator, problem, cell.theta, cell.n_samples, replicates, device=cell.device, dtype=dtype,
+                        options=options, variance_reduction=cell.variance_reduction, progress=shown)  # fmt: skip
 
-    seed = row["seed"]
-    if problem.gradient is None:
+    statistics = _vector_statistics if point.workload is not None else _scalar_statistics
+    if not statistics(cell, row, point, draw):
+        return Measured(cell, row)
+    infinite = point.infinite_variance(cell.theta) if point.workload is None else None
+    if infinite and row["grad_var"] > 0:  # constant estimates (naive when θ only moves p) have no variance to lose
+        without_variance(row, infinite)
+    work_depends = problem.work_depends_on_theta or point.work_depends_on_theta or estimator.work_depends_on_theta
+    return Measured(cell, row, draw, values_per_sample=_values_per_sample(point.example_distribution()),
+                    work_depends_on_theta=work_depends)  # fmt: skip
+
+
+def _scalar_statistics(cell: Cell, row: dict, problem, draw) -> bool:
+    """Fill a scalar cell's statistics: M from a pilot's kurtosis (auto) or fixed. False when unusable."""
+    row["true_grad_se"] = 0.0
+    if problem.gradient is not None:
+        row["true_grad"] = problem.gradient(cell.theta)
+    else:
         row["true_grad"], row["true_grad_se"], reference = reference_gradient(problem, cell.theta)
         row["note"] = (f"no exact gradient: true_grad is a {REFERENCE_SAMPLES}-sample {reference} reference "
                        f"(± {row['true_grad_se']:.3g})")  # fmt: skip
+    seed = row["seed"]
     if cell.replicates is None:
         torch.manual_seed(seed ^ 0x5EED)  # the pilot uses its own stream, so M does not select the data
         pilot = pilot_replicates(cell.n_samples)
@@ -240,18 +253,15 @@ def measure_statistics(cell: Cell, base_seed: int) -> Measured:
     if finite.size < 5:
         # A numerical outcome of this cell (e.g. overflow in float32), the same on every re-run: recorded with
         # its count rather than raised, so it is neither retried nor mistaken for a failure of the harness.
-        row.update(
-            status="skipped",
-            note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of {estimates.size} estimates are "
-            "NaN or ±inf, too few finite ones for statistics",
-        )
-        return Measured(cell, row)
+        row.update(status="skipped", note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of "
+                   f"{estimates.size} estimates are NaN or ±inf, too few finite ones for statistics")  # fmt: skip
+        return False
     if finite.size < estimates.size:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
-    summary = summarize(finite, row["true_grad"], eps=torch.finfo(DTYPES[cell.dtype]).eps, true_grad_se=row["true_grad_se"])
+    eps = torch.finfo(DTYPES[cell.dtype]).eps
+    summary = summarize(finite, row["true_grad"], eps=eps, true_grad_se=row["true_grad_se"])
     row.update(
         summary_columns(summary, cell.n_samples),
-        n_params=1,
         grad_var_max=summary.var,
         grad_norm_var=float(np.var(np.abs(finite), ddof=1)),
         objective=_objective(problem, cell.theta),
@@ -260,11 +270,57 @@ def measure_statistics(cell: Cell, base_seed: int) -> Measured:
     if not math.isfinite(row["bias_z"]):
         notes.append("estimates are constant")
     row["note"] = "; ".join(n for n in notes if n)
-    infinite = problem.infinite_variance(cell.theta)
-    if infinite and summary.var > 0:  # constant estimates (naive when θ only moves p) have no variance to lose
-        without_variance(row, infinite)
-    return Measured(cell, row, draw, values_per_sample=_values_per_sample(problem.example_distribution()),
-                    work_depends_on_theta=problem.work_depends_on_theta or get_estimator(cell.estimator).work_depends_on_theta)  # fmt: skip
+    return True
+
+
+def _vector_statistics(cell: Cell, row: dict, problem, draw) -> bool:
+    """Fill a workload cell's statistics: M estimates of the whole gradient vector at the checkpoint, summarised
+    over coordinates (``statistics.summarize_vector``) against the workload's ground truth. False when unusable."""
+    workload = problem.workload
+    step = workload.check_step(cell.theta)
+    truth, truth_error = workload.exact_gradient(step)
+    row.update(true_grad=float(truth.norm()), true_grad_se=float(truth_error.norm()), objective=workload.objective(step))
+    torch.manual_seed(row["seed"])
+    eps = torch.finfo(DTYPES[cell.dtype]).eps
+    if cell.replicates is None:
+        # auto: WORKLOAD_REPLICATES first; more (same stream, appended) until the mean variance's relative s.e.
+        # is about 5%. Heavy-tailed coordinates (measure-valued at N = 1, kurtosis ~45) gave a false bias alarm at
+        # z = 4.8 with M = 200; at the M this rule picks their means are close enough to normal for the z-test.
+        first = draw(WORKLOAD_REPLICATES, "estimates").double().cpu()
+        pilot = summarize_vector(first.numpy(), truth.numpy(), truth_error.numpy(), eps=eps).summary
+        wanted = math.ceil(WORKLOAD_REPLICATES * (pilot.var_rel_se / TARGET_VARIANCE_REL_SE) ** 2)
+        replicates = min(max(wanted, WORKLOAD_REPLICATES), WORKLOAD_MAX_REPLICATES)
+        more = [draw(replicates - WORKLOAD_REPLICATES).double().cpu()] if replicates > WORKLOAD_REPLICATES else []
+        estimates = torch.cat([first, *more]).numpy()
+    else:
+        replicates = cell.replicates
+        estimates = draw(replicates, "estimates").double().cpu().numpy()
+    finite_rows = np.isfinite(estimates).all(axis=1)
+    row["n_replicates"] = replicates
+    row["n_nonfinite"] = int((~finite_rows).sum())
+    if finite_rows.sum() < 5:
+        row.update(status="skipped", note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of "
+                   f"{replicates} estimates have NaN or ±inf coordinates")  # fmt: skip
+        return False
+    unresolved = None
+    if workload.unresolved_by_sampling is not None:
+        unresolved = workload.unresolved_by_sampling(step, replicates * cell.n_samples).numpy()
+    vector = summarize_vector(estimates[finite_rows], truth.numpy(), truth_error.numpy(), eps=eps,
+                              unresolved=unresolved)  # fmt: skip
+    summary = vector.summary
+    row.update(summary_columns(summary, cell.n_samples), grad_var_max=vector.var_max, grad_norm_var=vector.norm_var)
+    notes = [f"{row['n_nonfinite']} estimates with non-finite coordinates excluded"] if row["n_nonfinite"] else []
+    if unresolved is not None and unresolved.any():
+        notes.append(
+            f"{int((unresolved > 0).sum())} of {vector.n_params} coordinates get part of their gradient from "
+            f"{workload.unresolved_reason} ({replicates * cell.n_samples}); a bound on that part (norm "
+            f"{np.linalg.norm(unresolved):.3g}) is added to the bias test's uncertainty, and their variance is "
+            "underestimated"
+        )
+    if summary.biased:
+        notes.append(f"largest bias at coordinate {vector.worst_coordinate} of {vector.n_params}")
+    row["note"] = "; ".join(notes)
+    return True
 
 
 def _values_per_sample(distribution) -> int:
@@ -300,81 +356,6 @@ def reference_gradient(problem, theta: float) -> tuple[float, float, str]:
 def _objective(problem, theta: float) -> float | None:
     # A user's problem may not know L(θ); the column is then empty.
     return None if problem.objective is None else float(problem.objective(theta))
-
-
-def measure_workload_statistics(cell: Cell, base_seed: int) -> Measured:
-    """Statistics of one workload cell: M estimates of the whole gradient vector at the checkpoint θ = training
-    step, summarised over coordinates (``statistics.summarize_vector``) against the workload's ground truth."""
-    row = base_row(cell, base_seed, utc_now())
-    workload = WORKLOADS[cell.problem]
-    step = workload.check_step(cell.theta)
-    method = cell.estimator if cell.variance_reduction == "none" else f"{cell.estimator}+{cell.variance_reduction}"
-    reason = workload.skip_reason(method, cell.n_samples)
-    spec = workload.estimators.get(method)
-    row["n_params"] = workload.parameter_count
-    if spec is not None:
-        row["cost_evals_per_sample"] = spec.cost_evaluations
-        row["expected_unbiased"] = spec.unbiased
-    truth, truth_error = workload.exact_gradient(step)
-    row.update(true_grad=float(truth.norm()), true_grad_se=float(truth_error.norm()), objective=workload.objective(step))
-    if reason:
-        row.update(status="skipped", note=reason)
-        return Measured(cell, row)
-    dtype = DTYPES[cell.dtype]
-
-    def draw(replicates: int) -> torch.Tensor:
-        return estimate_workload(workload, method, step, cell.n_samples, replicates, device=cell.device, dtype=dtype,
-                                 options=dict(cell.estimator_params))  # fmt: skip
-
-    torch.manual_seed(row["seed"])
-    eps = torch.finfo(dtype).eps
-    if cell.replicates is None:
-        # auto: WORKLOAD_REPLICATES first; more (same stream, appended) until the mean variance's relative s.e.
-        # is about 5%. Heavy-tailed coordinates (measure-valued at N = 1, kurtosis ~45) gave a false bias alarm at
-        # z = 4.8 with M = 200; at the M this rule picks their means are close enough to normal for the z-test.
-        first = draw(WORKLOAD_REPLICATES).double().cpu()
-        pilot = summarize_vector(first.numpy(), truth.numpy(), truth_error.numpy(), eps=eps).summary
-        wanted = math.ceil(WORKLOAD_REPLICATES * (pilot.var_rel_se / TARGET_VARIANCE_REL_SE) ** 2)
-        replicates = min(max(wanted, WORKLOAD_REPLICATES), WORKLOAD_MAX_REPLICATES)
-        more = [draw(replicates - WORKLOAD_REPLICATES).double().cpu()] if replicates > WORKLOAD_REPLICATES else []
-        estimates = torch.cat([first, *more]).numpy()
-    else:
-        replicates = cell.replicates
-        estimates = draw(replicates).double().cpu().numpy()
-    finite_rows = np.isfinite(estimates).all(axis=1)
-    row["n_replicates"] = replicates
-    row["n_nonfinite"] = int((~finite_rows).sum())
-    if finite_rows.sum() < 5:
-        row.update(status="skipped", note=f"numerically unusable in {cell.dtype}: {row['n_nonfinite']} of "
-                   f"{replicates} estimates have NaN or ±inf coordinates")  # fmt: skip
-        return Measured(cell, row)
-    unresolved = None
-    if workload.unresolved_by_sampling is not None:
-        unresolved = workload.unresolved_by_sampling(step, replicates * cell.n_samples).numpy()
-    vector = summarize_vector(estimates[finite_rows], truth.numpy(), truth_error.numpy(), eps=eps,
-                              unresolved=unresolved)  # fmt: skip
-    summary = vector.summary
-    row.update(
-        summary_columns(summary, cell.n_samples),
-        grad_var_max=vector.var_max,
-        grad_norm_var=vector.norm_var,
-    )
-    notes = [f"{row['n_nonfinite']} estimates with non-finite coordinates excluded"] if row["n_nonfinite"] else []
-    if unresolved is not None and unresolved.any():
-        notes.append(
-            f"{int((unresolved > 0).sum())} of {vector.n_params} coordinates get part of their gradient from "
-            f"{workload.unresolved_reason} ({replicates * cell.n_samples}); a bound on that part (norm "
-            f"{np.linalg.norm(unresolved):.3g}) is added to the bias test's uncertainty, and their variance is "
-            "underestimated"
-        )
-    if summary.biased:
-        notes.append(f"largest bias at coordinate {vector.worst_coordinate} of {vector.n_params}")
-    row["note"] = "; ".join(notes)
-    problem = workload.problem(step)
-    phi = workload.parameters(step)[None].to(dtype)
-    # A checkpoint is a different model: its cost is its own.
-    return Measured(cell, row, draw, values_per_sample=_values_per_sample(problem.distribution(workload.to_theta(phi))),
-                    work_depends_on_theta=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------

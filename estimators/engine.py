@@ -29,10 +29,11 @@ PARALLEL_CALL_SAMPLES = 1 << 19
 _GLOBAL_GENERATOR_USERS: set[tuple[str, str]] = set()
 
 
-def check_surrogate(name: str, surrogate: object, n_samples: int, theta: Tensor) -> None:
+def check_surrogate(name: str, surrogate: object, n_samples: int, batch: tuple[int, ...]) -> None:
     """EstimatorError unless ``surrogate`` is what the signature promises (estimators/core/estimator.py): a floating
-    tensor of shape [N, *θ.shape] (one term per sample) or [*θ.shape] (summed over the samples)."""
-    per_sample, summed = (n_samples, *theta.shape), tuple(theta.shape)
+    tensor of shape [N, *batch] (one term per sample) or [*batch] (summed over the samples), ``batch`` the
+    distribution's batch shape: θ's shape for a scalar θ, the replicates and a workload's data points else."""
+    per_sample, summed = (n_samples, *batch), tuple(batch)
     if not isinstance(surrogate, Tensor):
         raise EstimatorError(f"estimator {name}: its surrogate must return a tensor of shape [N, *θ.shape] = "
                              f"{list(per_sample)} or [*θ.shape] = {list(summed)}, got {type(surrogate).__name__}")  # fmt: skip
@@ -58,6 +59,19 @@ def plan_chunks(
     return 1, samples_that_fit
 
 
+_EXACT_TERMS: dict[tuple[int, int], Tensor] = {}
+
+
+def _exact_term(workload, step: int) -> Tensor | None:
+    """A workload's exactly computed term's gradient at a checkpoint, once per process (not in every timed call)."""
+    if workload.exact_term_gradient is None:
+        return None
+    key = (id(workload), step)
+    if key not in _EXACT_TERMS:
+        _EXACT_TERMS[key] = workload.exact_term_gradient(workload.parameters(step))
+    return _EXACT_TERMS[key]
+
+
 def estimate(
     estimator: Estimator,
     problem: Problem,
@@ -73,15 +87,16 @@ def estimate(
     parallel: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples.
+    """Return ``n_replicates`` independent estimates of dL/dθ, each from ``n_samples`` samples: a tensor [M] for a
+    scalar θ, [M, P] for a workload (θ = a training step; the gradient is w.r.t. its parameter vector).
 
     ``options`` override the estimator's parameters; ``variance_reduction`` names a scheme from
-    ``VARIANCE_REDUCTIONS`` that is composed with the estimator. Replicates are independent copies of θ in a
-    batch dimension, so one backward pass per call gives all of them. Calls are sized by ``plan_chunks`` so
+    ``VARIANCE_REDUCTIONS`` that is composed with the estimator. Replicates are independent copies of θ (of φ)
+    in a batch dimension, so one backward pass per call gives all of them. Calls are sized by ``plan_chunks`` so
     each stays within ``memory_budget`` bytes of working memory, whatever M·N is.
-    Seed torch's global generator for reproducible numbers. On CPU, a ``parallel_safe`` estimator's calls
-    (at most PARALLEL_CALL_SAMPLES samples each) run on torch's threads, each drawing from its own stream
-    seeded from one draw of the global generator; the numbers are the same whatever the thread count.
+    Seed torch's global generator for reproducible numbers. On CPU, a ``parallel_safe`` estimator's calls on a
+    scalar problem (at most PARALLEL_CALL_SAMPLES samples each) run on torch's threads, each drawing from its own
+    stream seeded from one draw of the global generator; the numbers are the same whatever the thread count.
     Everything else, and everything when ``parallel`` is False (calls sized by the budget alone, on this
     thread), draws from the global generator on ``device`` directly. ``progress``, if given, is called with the
     number of samples each call just finished (from the thread that ran it), e.g. to show progress in a long cell.
@@ -92,38 +107,53 @@ def estimate(
         raise EstimatorError(f"n_replicates must be >= 1, got {n_replicates}")
     if memory_budget < 1:
         raise EstimatorError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    problem.check_theta(theta)
+    point = problem.at(theta)
+    workload = point.workload
     resolved = estimator.resolve_options(options)
-    surrogate_or_reason = compose(variance_reduction, estimator, problem, n_samples)
+    surrogate_or_reason = compose(variance_reduction, estimator, point, n_samples)
     if isinstance(surrogate_or_reason, str):
         raise EstimatorError(
-            f"{describe(estimator.name, resolved, variance_reduction)} does not apply to {problem.label} "
+            f"{describe(estimator.name, resolved, variance_reduction)} does not apply to {point.label} "
             f"at N={n_samples}: {surrogate_or_reason}"
         )
     surrogate_fn = surrogate_or_reason
-    problem.check_theta(theta)
-    # Samples interact under a leave-one-out baseline or a variance-reduction scheme (antithetic pairs, QMC
-    # points), so only plain independent-sample estimators may have one estimate's samples split.
-    split = estimator.samples_independent and variance_reduction == "none"
-    bytes_per_sample = WORKING_VALUES_PER_SAMPLE * torch.empty((), dtype=dtype).element_size()
+    if workload is None:
+        start = torch.tensor(float(theta), dtype=dtype, device=device)
+        to_theta, batch_tail, scale, exact = (lambda leaf: leaf), (), 1.0, None
+        # Samples interact under a leave-one-out baseline or a variance-reduction scheme (antithetic pairs, QMC
+        # points), so only plain independent-sample estimators may have one estimate's samples split.
+        split = estimator.samples_independent and variance_reduction == "none"
+        bytes_per_sample = WORKING_VALUES_PER_SAMPLE * torch.empty((), dtype=dtype).element_size()
+    else:
+        step = workload.check_step(theta)
+        start = workload.parameters(step).to(dtype=dtype, device=device)
+        to_theta, scale = workload.to_theta, workload.surrogate_scale
+        batch_tail = tuple(point.distribution(to_theta(start[None])).batch_shape[1:])  # e.g. a VAE's images
+        exact = _exact_term(workload, step)
+        exact = None if exact is None else exact.to(dtype=dtype, device=device)
+        split, bytes_per_sample = False, workload.bytes_per_sample
 
     def block(replicates: int, samples_per_call: int) -> Callable[[], Tensor]:
         """The estimates of ``replicates`` replicates, their samples drawn ``samples_per_call`` per call."""
 
         def run() -> Tensor:
-            theta_batch = torch.full((replicates,), float(theta), dtype=dtype, device=device, requires_grad=True)
-            total = torch.zeros_like(theta_batch)
+            leaf = start.expand(replicates, *start.shape).clone().requires_grad_(True)
+            theta_batch = to_theta(leaf)
+            total = torch.zeros_like(leaf)
             for first in range(0, n_samples, samples_per_call):
                 samples = min(samples_per_call, n_samples - first)
-                surrogate = surrogate_fn(problem, theta_batch, samples, **resolved)
-                check_surrogate(estimator.name, surrogate, samples, theta_batch)
+                surrogate = surrogate_fn(point, theta_batch, samples, **resolved)
+                check_surrogate(estimator.name, surrogate, samples, (replicates, *batch_tail))
                 # No path from θ to the surrogate (naive autograd on a cost without θ): autograd's gradient is 0.
                 if surrogate.requires_grad:
-                    (grad,) = torch.autograd.grad(surrogate.sum(), theta_batch, allow_unused=True)
+                    (grad,) = torch.autograd.grad(surrogate.sum(), leaf, allow_unused=True)
                     if grad is not None:
                         total = total + grad.detach()
                 if progress is not None:
                     progress(replicates * samples)
-            return total / n_samples
+            estimates = total * (scale / n_samples)
+            return estimates if exact is None else estimates + exact
 
         return run
 
@@ -132,9 +162,9 @@ def estimate(
         return [block(min(replicates_per_call, n_replicates - start), samples_per_call)
                 for start in range(0, n_replicates, replicates_per_call)]  # fmt: skip
 
-    key = (estimator.name, problem.label)
-    if parallel and torch.device(device).type == "cpu" and estimator.parallel_safe and variance_reduction == "none" \
-            and key not in _GLOBAL_GENERATOR_USERS:  # fmt: skip
+    key = (estimator.name, point.label)
+    if parallel and workload is None and torch.device(device).type == "cpu" and estimator.parallel_safe \
+            and variance_reduction == "none" and key not in _GLOBAL_GENERATOR_USERS:  # fmt: skip
         # Cache-sized calls, each from its own stream (random_streams), run on the CPU's threads: one call's
         # noise is drawn while another's arithmetic runs. The split depends only on N, M, dtype and the budget,
         # never on the thread count, so the numbers are the same on every machine. An estimate that is one
@@ -148,8 +178,6 @@ def estimate(
                 return torch.cat(random_streams.run_chunks(tasks, workers)).detach()
             except random_streams.GlobalGeneratorUsed as error:
                 _GLOBAL_GENERATOR_USERS.add(key)
-                warnings.warn(f"{estimator.name} on {problem.label}: {error}; its estimates are drawn serially from "
+                warnings.warn(f"{estimator.name} on {point.label}: {error}; its estimates are drawn serially from "
                               "the global generator instead", RuntimeWarning, stacklevel=2)  # fmt: skip
     return torch.cat([run() for run in blocks(memory_budget)]).detach()
-
-

@@ -22,19 +22,24 @@ from scipy import integrate, stats
 from torch.distributions import Bernoulli, Independent
 
 from bench.statistics import summarize_vector
+from estimators import EstimatorError, ProblemError, estimate, get_estimator, make_problem
 from estimators.workloads import bayes_logreg, discrete_vae
-from estimators.methods.basic import naive
-from estimators.workloads.base import WorkloadEstimator
-from estimators.workloads import WORKLOADS, WorkloadError, estimate_workload
 
 REPO = Path(__file__).resolve().parents[1]
-LOGREG = WORKLOADS["bayes_logreg"]
-VAE = WORKLOADS["discrete_vae"]
+LOGREG_PROBLEM, VAE_PROBLEM = make_problem("bayes_logreg"), make_problem("discrete_vae")
+LOGREG, VAE = LOGREG_PROBLEM.workload, VAE_PROBLEM.workload
+
+
+def estimate_method(problem, method: str, step, n, m, **options):
+    """Estimates [M, P] of a method written estimator[+scheme], as a sweep's cell runs it."""
+    estimator, _, scheme = method.partition("+")
+    return estimate(get_estimator(estimator), problem, step, n, m, variance_reduction=scheme or "none", **options)
 
 
 def _vector_summary(workload, estimator, step, n, m, seed, *, with_unresolved=True):
     torch.manual_seed(seed)
-    estimates = estimate_workload(workload, estimator, step, n, m).double().numpy()
+    problem = LOGREG_PROBLEM if workload is LOGREG else VAE_PROBLEM
+    estimates = estimate_method(problem, estimator, step, n, m).double().numpy()
     truth, error = workload.exact_gradient(step)
     unresolved = None
     if with_unresolved and workload.unresolved_by_sampling is not None:
@@ -88,7 +93,7 @@ def test_exact_gradient_matches_a_finite_difference_of_the_elbo():
 def test_pathwise_reference_agrees_with_the_quadrature_truth():
     """A 2^17-sample float64 pathwise reference: every coordinate within its Bonferroni 99.9% interval."""
     torch.manual_seed(7)
-    estimates = estimate_workload(LOGREG, "pathwise", 500, 1, 1 << 17, dtype=torch.float64).numpy()
+    estimates = estimate_method(LOGREG_PROBLEM, "pathwise", 500, 1, 1 << 17, dtype=torch.float64).numpy()
     truth, _ = LOGREG.exact_gradient(500)
     z = (estimates.mean(axis=0) - truth.numpy()) / (estimates.std(axis=0, ddof=1) / math.sqrt(len(estimates)))
     assert np.abs(z).max() < stats.norm.isf(0.0005 / truth.numel()), np.abs(z).max()
@@ -159,9 +164,8 @@ def test_logreg_estimators_are_unbiased(estimator, step):
 def test_logreg_bias_test_catches_an_estimator_that_drops_the_score_term():
     """naive autograd sees no path from φ to the log-likelihood of w ~ q(w) drawn by .sample(): it returns the KL
     term alone, and must be flagged."""
-    biased = WorkloadEstimator(naive, cost_evaluations=1, unbiased=False)
-    workload = dataclasses.replace(LOGREG, estimators={**LOGREG.estimators, "naive": biased})
-    summary = _vector_summary(workload, "naive", 50, 10, 100, seed=3).summary
+    assert not get_estimator("naive").unbiased_for(LOGREG_PROBLEM.at(50))
+    summary = _vector_summary(LOGREG, "naive", 50, 10, 100, seed=3).summary
     assert summary.biased and summary.bias > 0.5 * summary.mean
 
 
@@ -216,12 +220,14 @@ def test_vector_bias_test_detects_one_shifted_coordinate_and_tolerates_none():
 
 
 def test_bad_checkpoint_and_estimator_are_refused_with_what_is_allowed():
-    with pytest.raises(WorkloadError, match=r"training step in \[0, 2000\]"):
-        estimate_workload(LOGREG, "pathwise", 2001, 1, 10)
-    with pytest.raises(WorkloadError, match="an integer"):
-        estimate_workload(LOGREG, "pathwise", 2.5, 1, 10)
-    with pytest.raises(WorkloadError, match="arm is not run on bayes_logreg"):
-        estimate_workload(LOGREG, "arm", 0, 1, 10)
+    with pytest.raises(ProblemError, match=r"training step in \[0, 2000\]"):
+        estimate_method(LOGREG_PROBLEM, "pathwise", 2001, 1, 10)
+    with pytest.raises(ProblemError, match="an integer"):
+        estimate_method(LOGREG_PROBLEM, "pathwise", 2.5, 1, 10)
+    with pytest.raises(EstimatorError, match="arm does not apply to bayes_logreg.*needs Bernoulli"):
+        estimate_method(LOGREG_PROBLEM, "arm", 0, 1, 10)
+    with pytest.raises(EstimatorError, match="θ is a parameter vector here, and finite_difference needs a scalar θ"):
+        estimate_method(LOGREG_PROBLEM, "finite_difference", 0, 1, 10)
 
 
 # ---------------------------------------------------------------------------------------------------------

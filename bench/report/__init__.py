@@ -15,7 +15,6 @@ import pandas as pd
 from estimators import ESTIMATORS, PEER_STATUS, VARIANCE_REDUCTIONS, ProblemError, make_problem
 from estimators.methods.discrete import exact_relaxed_mean
 
-from estimators.workloads import WORKLOADS
 
 from .. import environment, regression, run_folder
 from ..statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z, familywise_biased
@@ -387,8 +386,8 @@ def write_report(out_dir: Path) -> Path:
         ]
     lines += _regression_section(out_dir)
     # Workloads (gradient vectors at training checkpoints) have their own section; the rest is per scalar θ.
-    workloads = ok[ok["problem"].isin(WORKLOADS)]
-    ok = ok[~ok["problem"].isin(WORKLOADS)]
+    workloads = ok[ok["n_params"] > 1]
+    ok = ok[~(ok["n_params"] > 1)]
     if len(ok) or len(workloads):
         warnings = _bias_warnings(ok) + workload_biases(workloads)
         lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]

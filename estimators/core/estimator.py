@@ -93,6 +93,9 @@ class Estimator:
     # Whether one call's time changes with θ (a control variate trained per θ): then each θ's cost is measured
     # on its own instead of once for all θ of a comparison block.
     work_depends_on_theta: bool = False
+    # Whether the surrogate handles a θ of any shape (a workload's parameters); False for one that needs θ to be
+    # a scalar (a finite difference in θ, a peer library's model of one site).
+    vector_theta: bool = True
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults overridden by ``options``; raises EstimatorError on an unknown name, a non-finite value or one

@@ -52,6 +52,15 @@ class Problem:
     # Whether the time to draw and evaluate samples changes with θ (rejection samplers such as Gamma's): then
     # each θ's cost is measured on its own instead of once for all θ of a comparison block.
     work_depends_on_theta: bool = False
+    # A problem whose θ is a parameter vector (a real model's, at a checkpoint of its training): the cell's θ is
+    # the training step, and ``workload`` says what the estimators see there. None: θ is a scalar.
+    workload: "Workload | None" = None
+    # () -> θ of one replicate for inspecting the distribution (its type, which parameters move); None: the
+    # scalar valid_theta(). A workload's problem at a checkpoint sets it to its parameters there.
+    example_theta: Callable[[], Tensor] | None = None
+    # The control variate of the delta method for this problem, (θ, dist) -> (h(x), E_θ[h]); None: the generic
+    # second-order Taylor expansion of f, where f is a function of one scalar Gaussian sample.
+    control_variate: Callable[[Tensor, Distribution], tuple[Callable[[Tensor], Tensor], Tensor]] | None = None
 
     @property
     def label(self) -> str:
@@ -59,8 +68,19 @@ class Problem:
         inner = ", ".join(f"{k}={v:g}" for k, v in sorted(self.params.items()))
         return f"{self.name}({inner}) wrt {self.wrt}"
 
+    @property
+    def n_params(self) -> int:
+        """Coordinates of the gradient: 1 for a scalar θ, the parameter vector's size for a workload."""
+        return 1 if self.workload is None else self.workload.n_params
+
+    def at(self, theta: float) -> Problem:
+        """The problem the estimators see at θ: itself for a scalar θ, a workload's problem at the checkpoint."""
+        return self if self.workload is None else self.workload.at(self.workload.check_step(theta))
+
     def example_distribution(self, requires_grad: bool = False) -> Distribution:
-        """The distribution at one valid θ (batch shape [1]), to inspect its type and which parameters θ moves."""
+        """The distribution at one valid θ of one replicate, to inspect its type and which parameters θ moves."""
+        if self.example_theta is not None:
+            return self.distribution(self.example_theta().detach().requires_grad_(requires_grad))
         return self.distribution(torch.full((1,), self.valid_theta(), requires_grad=requires_grad))
 
     def valid_theta(self) -> float:
@@ -73,7 +93,11 @@ class Problem:
         return low + 1.0 if math.isfinite(low) else high - 1.0
 
     def check_theta(self, theta: float) -> None:
-        """Raise ProblemError unless θ is a finite value inside the problem's valid range."""
+        """Raise ProblemError unless θ is a finite value inside the problem's valid range (a workload: one of
+        its training steps)."""
+        if self.workload is not None:
+            self.workload.check_step(theta)
+            return
         if not isinstance(theta, (int, float)) or not math.isfinite(theta):
             raise ProblemError(f"theta must be a finite number, got {theta!r}")
         low, high = self.theta_range
@@ -84,15 +108,56 @@ class Problem:
             )
 
 
+@dataclass(frozen=True, eq=False)
+class Workload:
+    """What makes a problem's θ a parameter vector φ [P]: a model's parameters at checkpoints (training steps) of
+    a deterministic training run, and the ground truth there. The estimators see, at each step, a problem whose
+    ``distribution(θ)`` and ``cost(x, θ)`` take θ = to_theta(φ) (``at``), so every estimator's surrogate runs
+    unchanged and autograd carries ∂/∂θ back to φ."""
+
+    n_params: int
+    train_steps: int  # valid checkpoints: the integers 0 … train_steps
+    checkpoints: tuple[int, ...]  # the default sweep's: initialisation, mid-way, near convergence
+    full_checkpoints: tuple[int, ...]  # the full preset's
+    at: Callable[[int], Problem]  # step -> the problem the estimators see at that checkpoint
+    parameters: Callable[[int], Tensor]  # step -> φ [P], float64 on the CPU
+    to_theta: Callable[[Tensor], Tensor]  # φ [..., P] -> the distribution's parameters θ
+    # step -> (exact gradient of the objective w.r.t. φ [P], its absolute error bound [P]), float64.
+    exact_gradient: Callable[[int], tuple[Tensor, Tensor]]
+    objective: Callable[[int], float]  # the objective (ELBO) at the checkpoint
+    ground_truth: str  # how the exact gradient is obtained and how large its error is, for the report
+    # φ [P] -> gradient of a term of the objective computed exactly (an analytic KL or entropy), added to every
+    # estimate: it moves the mean, never the variance. None: no such term.
+    exact_term_gradient: Callable[[Tensor], Tensor] | None = None
+    # The surrogates sum over data points (a VAE's images); the objective averages them.
+    surrogate_scale: float = 1.0
+    bytes_per_sample: int = 64 * 1024  # working memory of one sample (a whole data set's activations)
+    # (step, draws per data point) -> per coordinate, the exact gradient mass carried by events the cell's draws
+    # expect to see fewer than a handful of times (saturated discrete latents); None when there are none.
+    unresolved_by_sampling: Callable[[int, int], Tensor] | None = None
+    unresolved_reason: str = ""  # what those events are, for the row's note
+
+    def check_step(self, step: float) -> int:
+        if not isinstance(step, (int, float)) or not math.isfinite(step) or step != int(step):
+            raise ProblemError(f"θ of a workload is a training step, an integer; got {step!r}")
+        if not 0 <= step <= self.train_steps:
+            raise ProblemError(f"θ of a workload is a training step in [0, {self.train_steps}], got {step:g}")
+        return int(step)
+
+
 @dataclass(frozen=True)
 class ProblemFamily:
-    """A named family of problems; ``build(wrt, params)`` returns the concrete Problem."""
+    """A named family of problems; ``build(wrt, params)`` returns the concrete Problem. ``default_thetas`` and
+    ``default_estimators`` are what `varbench run --problem NAME` measures when not told (None: every
+    estimator but the peers')."""
 
     name: str
     summary: str
     wrt_choices: tuple[str, ...]
     defaults: Mapping[str, float] = field(default_factory=dict)
     build: Callable[[str, dict[str, float]], Problem] | None = None
+    default_thetas: tuple[float, ...] = (1.0,)
+    default_estimators: tuple[str, ...] | None = None
 
     def allowed_params(self, wrt: str) -> tuple[str, ...]:
         # The parameter θ stands for is not also a fixed parameter.

@@ -168,7 +168,7 @@ def _measure_valued_evaluations(problem: Problem) -> int:
     if diagonal_gaussian(dist) is None:
         return 0  # not a Gaussian: the estimator does not apply (its skip reason says so)
     if isinstance(dist, Independent):
-        theta = torch.full((1,), problem.valid_theta())
+        theta = problem.example_theta() if problem.example_theta is not None else torch.full((1,), problem.valid_theta())
         return 2 * sum(map(len, coordinates_moved_by_theta(problem, theta))) + int(problem.cost_depends_on_theta)
     pairs = int(dist.loc.requires_grad) + int(dist.scale.requires_grad)
     return 2 * pairs + int(problem.cost_depends_on_theta)

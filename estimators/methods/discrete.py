@@ -278,24 +278,29 @@ def fit_relax_control(problem: Problem, make_thetas: Callable[[], Tensor], input
     return control
 
 
-def _train_relax_control(problem: Problem, theta: float, steps: int, dtype: torch.dtype, device: torch.device) -> RelaxControl:
-    """The control for a scalar θ: each step on ``RELAX_BATCH`` single-sample estimates at θ."""
-    inputs = _latent(problem, torch.full((1,), theta, dtype=dtype, device=device)).logits.shape[-1]
-
-    def make_thetas() -> Tensor:
-        return torch.full((RELAX_BATCH,), theta, dtype=dtype, device=device, requires_grad=True)
-
-    return fit_relax_control(problem, make_thetas, inputs, steps, f"{problem.label}|{theta!r}|{steps}|{dtype}", dtype, device)
-
-
-def relax_control(problem: Problem, theta: float, steps: int, dtype: torch.dtype, device: torch.device) -> RelaxControl:
-    """The trained control variate for (problem, θ, steps, dtype, device), trained once and cached, so the
-    timing of a cell (measured after its estimates) excludes training."""
-    key = (problem.label, float(theta), int(steps), dtype, str(device))
+def relax_control(problem: Problem, theta: Tensor, steps: int) -> RelaxControl:
+    """The trained control variate for (problem, one replicate's θ, steps, dtype, device): trained once and
+    cached, so the timing of a cell (measured after its estimates) excludes training. Each Adam step averages
+    about ``RELAX_BATCH`` single-sample estimates: that many copies of a scalar θ, or enough copies of a
+    workload's θ (its data points' latents) to hold as many."""
+    point = theta.detach()
+    key = (problem.label, hashlib.sha256(point.cpu().numpy().tobytes()).hexdigest(), int(steps), point.dtype,
+           str(point.device))  # fmt: skip
     if key not in _RELAX_CACHE:
         if len(_RELAX_CACHE) >= _RELAX_CACHE_SIZE:
             _RELAX_CACHE.pop(next(iter(_RELAX_CACHE)))
-        _RELAX_CACHE[key] = _train_relax_control(problem, float(theta), int(steps), dtype, torch.device(device))
+        inputs = _latent(problem, point[None]).logits.shape[-1]
+        # Single-sample estimates per copy of θ: one for a scalar θ, one per data point for a workload's latents.
+        units = point.numel() // inputs if point.dim() and point.shape[-1] == inputs else point.numel()
+        copies = max(1, math.ceil(RELAX_BATCH / max(units, 1)))
+
+        def make_thetas() -> Tensor:
+            return point.expand(copies, *point.shape).clone().requires_grad_(True)
+
+        where = repr(float(point)) if point.dim() == 0 else key[1]
+        seed_key = f"{problem.label}|{where}|{steps}|{point.dtype}"
+        _RELAX_CACHE[key] = fit_relax_control(problem, make_thetas, inputs, int(steps), seed_key, point.dtype,
+                                              point.device)  # fmt: skip
     return _RELAX_CACHE[key]
 
 
@@ -303,10 +308,10 @@ def relax(problem: Problem, theta: Tensor, n_samples: int, *, train_steps: float
     """ĝ = [f(b) − c_φ(z̃)] ∂log p(b) + ∂c_φ(z) − ∂c_φ(z̃), c_φ trained for ``train_steps`` Adam steps at θ   (RELAX)."""
     if train_steps < 0 or int(train_steps) != train_steps:
         raise ValueError(f"train_steps must be an integer >= 0, got {train_steps:g}")
-    values = theta.detach().flatten()
-    if not bool((values == values[0]).all()):
+    first = theta.detach()[0]
+    if not bool((theta.detach() == first).all()):
         raise ValueError("relax trains its control variate at one θ: every replicate must share it")
-    control = relax_control(problem, float(values[0]), int(train_steps), theta.dtype, theta.device)
+    control = relax_control(problem, first, int(train_steps))
     return _control_variate_surrogate(problem, theta, n_samples, control)
 
 

@@ -177,11 +177,13 @@ else:
                     pyro_trace_elbo,
                     "Pyro Trace_ELBO, z reparameterised: pathwise ∂f(g_θ(ε)) (peer of pathwise)",
                     skip_reason=needs_rsample,
+                    vector_theta=False,
                 ),
                 Estimator(
                     "pyro_tracegraph_elbo",
                     pyro_tracegraph_elbo,
                     "Pyro TraceGraph_ELBO, z non-reparameterised: f ∂log q + ∂f (peer of score_function)",
+                    vector_theta=False,
                 ),
                 Estimator(
                     "pyro_tracegraph_elbo_avg_baseline",
@@ -189,6 +191,7 @@ else:
                     f"Pyro TraceGraph_ELBO with its decaying-average baseline (β={BASELINE_BETA:g}), warmed up "
                     f"{BASELINE_WARMUP_STEPS} passes in a private param store per call",
                     cost_evaluations=lambda problem: 1 + BASELINE_WARMUP_STEPS,
+                    vector_theta=False,
                 ),
             )
         }
@@ -239,11 +242,13 @@ else:
                     storch_reparameterization,
                     "Storchastic Reparameterization: pathwise (peer of pathwise)",
                     skip_reason=needs_rsample,
+                    vector_theta=False,
                 ),
                 Estimator(
                     "storch_score_function",
                     storch_score_function,
                     "Storchastic ScoreFunction, no baseline: f ∂log p + ∂f (peer of score_function)",
+                    vector_theta=False,
                 ),
             )
         }

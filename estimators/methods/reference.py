@@ -77,6 +77,7 @@ REFERENCE_ESTIMATORS: dict[str, Estimator] = {
         cost_evaluations=_two_evaluations,
         unbiased_for=_biased_reference,
         parameters={"step": DEFAULT_STEP},
+        vector_theta=False,
         parameter_ranges={"step": ParameterRange("the finite difference's step h", low=0.0)},
         point_error=_outside_range,
     ),

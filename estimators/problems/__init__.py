@@ -1,7 +1,8 @@
 """The problems varbench ships, registered in ``PROBLEMS`` with tags, and ``make_problem`` to build one by name.
 
 Tags: ``seed`` (the two seed problems), ``gaussian`` (Mohamed et al.'s test costs), ``implicit`` (Gamma, Beta,
-Dirichlet), ``discrete`` (Bernoulli and categorical latents), ``diagonal_gaussian`` (D-dimensional). A user's
+Dirichlet), ``discrete`` (Bernoulli and categorical latents), ``diagonal_gaussian`` (D-dimensional),
+``workload`` (real models, θ a parameter vector at a training checkpoint: ``estimators.workloads``). A user's
 problem is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.problems``).
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 
 from ..core.problem import Problem, ProblemError, ProblemFamily, adopt_problem, resolve_parameters
 from ..core.registry import Registry
+from .. import workloads
 from . import diagonal_gaussian, discrete, gaussian, implicit
 
 PROBLEMS: Registry[ProblemFamily] = Registry("problem", ProblemError, entry_point_group="varbench.problems",
@@ -25,6 +27,10 @@ for _tag, _families in (("implicit", implicit.IMPLICIT_FAMILIES), ("discrete", d
                         ("diagonal_gaussian", diagonal_gaussian.DIAGONAL_GAUSSIAN_FAMILIES)):  # fmt: skip
     for _name, _family in _families.items():
         PROBLEMS.register(_name, _family, _tag)
+
+
+for _family in workloads.FAMILIES:
+    PROBLEMS.register(_family.name, _family, "workload")
 
 
 def make_problem(name: str, wrt: str | None = None, params: Mapping[str, float] | None = None) -> Problem:

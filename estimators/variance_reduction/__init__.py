@@ -28,6 +28,8 @@ def get_variance_reduction(name: str) -> VarianceReduction:
 def compose(name: str, estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
     """The surrogate of ``estimator`` under scheme ``name`` on (problem, N), or why that combination does not apply."""
     scheme = get_variance_reduction(name)
+    if problem.workload is not None and not estimator.vector_theta:
+        return f"θ is a parameter vector here, and {estimator.name} needs a scalar θ"
     if name != "none":
         reason = estimator.skip_reason(problem, n_samples)
         if reason is not None:

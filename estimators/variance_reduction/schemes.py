@@ -2,17 +2,17 @@
 
 A scheme turns (estimator, problem, N) into the surrogate to run, or into the reason it does not apply. Schemes
 that change how samples are drawn (antithetic pairs, randomised quasi-Monte Carlo) wrap the problem's
-distribution and leave the estimator untouched; schemes that change the estimator's formula (a control
-variate) supply their own surrogate for the estimators they know. ``none`` is the estimator as it is.
+distribution and leave the estimator untouched; schemes that change the estimator's formula (a control variate,
+a baseline) wrap the estimator's own surrogate, running it on a modified cost. ``none`` is the estimator as it is.
 
 Schemes:
 
 - ``antithetic``: ε_n for n < N/2 and ε_{n+N/2} = −ε_n, x = μ + σε (Gaussians; N even).
 - ``qmc``: ε_n = Φ⁻¹(u_n), u_1..u_N the first N points of a scrambled Sobol sequence (Gaussians).
-- ``optimal_baseline``: ĝ = (f − b_n) ∂log p + ∂f, b_n = Σ_{j≠n} ĝ₀_j s_j / Σ_{j≠n} s_j², s = ∂log p,
+- ``optimal_baseline``: the score function on f − b_n, b_n = Σ_{j≠n} ĝ₀_j s_j / Σ_{j≠n} s_j², s = ∂log p,
   ĝ₀ = f s + ∂f: the variance-optimal scalar baseline E[ĝ₀ s]/E[s²], fitted on the other N − 1 samples.
-- ``delta_cv``: subtract h(x) = f(μ) + f'(μ)(x − μ) + ½f''(μ)(x − μ)² and add ∂E[h] in closed form
-  (Mohamed et al. 2020 §7.2, delta method; coefficient β = 1).
+- ``delta_cv``: any unbiased estimator run on f − h, plus ∂E[h] in closed form, with h(x) = f(μ) + f'(μ)(x − μ)
+  + ½f''(μ)(x − μ)² (Mohamed et al. 2020 §7.2, delta method; coefficient β = 1) or the problem's own h.
 """
 
 from __future__ import annotations
@@ -142,12 +142,19 @@ def _sampling_scheme(scheme: str, standard_noise: StandardNoise, needs_even_n: b
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Control variates: formula-changing schemes with a surrogate per estimator they know.
+# Control variates and baselines: they change the estimator's formula by wrapping its own surrogate, with the
+# protocol of optax.monte_carlo's control variates (compute h, its expectation; the state update is empty for
+# these fixed ones): the wrapped estimator runs on the cost f − h, and ∂E[h] is added in closed form.
 
 
-def _control_variate_applies(scheme: str, estimator: Estimator, problem: Problem, known: tuple[str, ...]) -> str | None:
-    if estimator.name not in known:
-        return f"{scheme} is a control variate for {' and '.join(known)} only, not {estimator.name}"
+def with_cost(problem: Problem, cost: Callable[[Tensor, Tensor], Tensor]) -> Problem:
+    """The same problem with another cost (x, θ) -> [N, *batch]."""
+    return dataclasses.replace(problem, cost=cost)
+
+
+def _linear_in_cost(scheme: str, estimator: Estimator, problem: Problem) -> str | None:
+    if not estimator.unbiased_for(problem):
+        return f"{scheme} keeps an unbiased estimator unbiased; {estimator.name} is biased here"
     if not problem.distribution_depends_on_theta:
         return f"p does not depend on θ, so there is no score or sampling term for {scheme} to reduce"
     return None
@@ -179,86 +186,83 @@ def per_sample_score_and_cost_gradient(problem: Problem, theta: Tensor, x: Tenso
     return derivatives[0], derivatives[1]
 
 
-def optimal_baseline_score_function(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
-    """ĝ = (f − b_n) ∂log p + ∂f,  b_n = Σ_{j≠n} (f_j s_j + ∂f_j) s_j / Σ_{j≠n} s_j²,  s = ∂_θ log p."""
-    dist = problem.distribution(theta)
-    x = dist.sample((n_samples,))
-    f = problem.cost(x, theta)
+def optimal_baseline(problem: Problem, theta: Tensor, x: Tensor) -> Tensor:
+    """b_n = Σ_{j≠n} (f_j s_j + ∂f_j) s_j / Σ_{j≠n} s_j² for the samples x [N, M], s = ∂_θ log p: the
+    variance-optimal scalar baseline E[ĝ₀ s]/E[s²] of the score function, fitted on the other N − 1 samples, so
+    independent of x_n and E[b_n s_n] = 0 (still unbiased). Detached: it moves no gradient of its own."""
+    f = problem.cost(x, theta).detach()
     score, d_cost = per_sample_score_and_cost_gradient(problem, theta, x)
-    # b* = Cov(ĝ₀, s)/Var(s) = E[ĝ₀ s]/E[s²] (E[s] = 0) minimises Var(ĝ₀ − b s). b_n is fitted on the other
-    # N − 1 samples only, so it is independent of x_n and E[b_n s_n] = E[b_n] E[s_n] = 0: still unbiased.
-    numerator = (f.detach() * score + d_cost) * score
+    numerator = (f * score + d_cost) * score
     denominator = score**2
-    baseline = (numerator.sum(dim=0, keepdim=True) - numerator) / (denominator.sum(dim=0, keepdim=True) - denominator)
-    return (f.detach() - baseline) * dist.log_prob(x) + f
+    return ((numerator.sum(dim=0, keepdim=True) - numerator) / (denominator.sum(dim=0, keepdim=True) - denominator)).detach()
 
 
 def _compose_optimal_baseline(estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
-    reason = _control_variate_applies("optimal_baseline", estimator, problem, ("score_function",))
-    if reason:
+    if estimator.name != "score_function":
+        reason = f"optimal_baseline is the score function's baseline, not {estimator.name}'s"
         if estimator.name == "score_function_loo":
             reason += " (score_function_loo already subtracts a leave-one-out baseline)"
         return reason
-    reason = _scalar_sample_only("optimal_baseline", problem)
+    reason = _linear_in_cost("optimal_baseline", estimator, problem) or _scalar_sample_only("optimal_baseline", problem)
     if reason:
         return reason
     if n_samples < 2:
         return "the optimal baseline is fitted on the other N − 1 samples, so it needs N >= 2"
-    return lambda problem, theta, n_samples: optimal_baseline_score_function(problem, theta, n_samples)
+
+    def surrogate(problem: Problem, theta: Tensor, n_samples: int, **options) -> Tensor:
+        # The score function on f − b(x): b is fitted on the very samples the estimator draws, from x alone.
+        shifted = with_cost(problem, lambda x, t: problem.cost(x, t) - optimal_baseline(problem, theta, x))
+        return estimator.surrogate(shifted, theta, n_samples, **options)
+
+    return surrogate
 
 
-def _second_order_taylor(problem: Problem, dist: Normal, theta: Tensor):
-    """h(x) = f(c) + f'(c)(x − c) + ½ f''(c)(x − c)² at c = μ, coefficients held constant in θ, and E_θ[h]."""
-    centre = dist.loc.detach().expand(dist.batch_shape).reshape(-1)
-    theta_const = theta.detach().expand(dist.batch_shape).reshape(-1)
-    shape = dist.batch_shape
-    value = problem.cost(centre, theta_const).reshape(shape)
-    first = vmap(grad(problem.cost))(centre, theta_const).reshape(shape)
-    second = vmap(grad(grad(problem.cost)))(centre, theta_const).reshape(shape)
-    centre = centre.reshape(shape)
+def taylor_control_variate(problem: Problem) -> Callable[[Tensor, Normal], tuple[Callable[[Tensor], Tensor], Tensor]]:
+    """The delta method's control for a cost of one scalar Gaussian sample: h(x) = f(c) + f'(c)(x − c) + ½ f''(c)
+    (x − c)² at c = μ, coefficients held constant in θ (``torch.func``), and E_θ[h] differentiable in θ."""
 
-    def h(x: Tensor) -> Tensor:
-        return value + first * (x - centre) + 0.5 * second * (x - centre) ** 2
+    def control(theta: Tensor, dist: Normal) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+        centre = dist.loc.detach().expand(dist.batch_shape).reshape(-1)
+        theta_const = theta.detach().expand(dist.batch_shape).reshape(-1)
+        shape = dist.batch_shape
+        value = problem.cost(centre, theta_const).reshape(shape)
+        first = vmap(grad(problem.cost))(centre, theta_const).reshape(shape)
+        second = vmap(grad(grad(problem.cost)))(centre, theta_const).reshape(shape)
+        centre = centre.reshape(shape)
 
-    # E[(x − c)] = μ − c and E[(x − c)²] = σ² + (μ − c)² for x ~ N(μ, σ²): differentiable in θ through μ, σ.
-    offset = dist.loc - centre
-    expected_h = value + first * offset + 0.5 * second * (dist.scale**2 + offset**2)
-    return h, expected_h
+        def h(x: Tensor) -> Tensor:
+            return value + first * (x - centre) + 0.5 * second * (x - centre) ** 2
 
+        # E[(x − c)] = μ − c and E[(x − c)²] = σ² + (μ − c)² for x ~ N(μ, σ²): differentiable in θ through μ, σ.
+        offset = dist.loc - centre
+        return h, value + first * offset + 0.5 * second * (dist.scale**2 + offset**2)
 
-def delta_cv_score_function(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
-    """ĝ = (f − h) ∂log p + ∂f + ∂E[h],  h = second-order Taylor expansion of f around μ."""
-    dist = problem.distribution(theta)
-    x = dist.sample((n_samples,))
-    f = problem.cost(x, theta)
-    h, expected_h = _second_order_taylor(problem, dist, theta)
-    # h does not depend on θ, so E[h ∂log p] = ∂E[h]: subtracting one and adding the other keeps it unbiased.
-    return (f.detach() - h(x)) * dist.log_prob(x) + f + expected_h
-
-
-def delta_cv_pathwise(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
-    """ĝ = ∂_θ f(g_θ(ε)) − ∂_θ h(g_θ(ε)) + ∂E[h],  h = second-order Taylor expansion of f around μ."""
-    dist = problem.distribution(theta)
-    x = dist.rsample((n_samples,))
-    h, expected_h = _second_order_taylor(problem, dist, theta)
-    # E[∂_θ h(g_θ(ε))] = ∂E[h] by the same reparameterisation, so the pair cancels in expectation.
-    return problem.cost(x, theta) - h(x) + expected_h
-
-
-_DELTA_CV = {"score_function": delta_cv_score_function, "pathwise": delta_cv_pathwise}
+    return control
 
 
 def _compose_delta_cv(estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
-    reason = _control_variate_applies("delta_cv", estimator, problem, tuple(_DELTA_CV))
+    reason = _linear_in_cost("delta_cv", estimator, problem)
     if reason:
         return reason
-    reason = _gaussian_only("delta_cv", problem) or _scalar_sample_only("delta_cv", problem)
-    if reason:
-        return reason
-    if not problem.cost_is_differentiable:
-        return "the delta method needs f'(μ) and f''(μ), and the cost is not differentiable in x"
-    surrogate = _DELTA_CV[estimator.name]
-    return lambda problem, theta, n_samples: surrogate(problem, theta, n_samples)
+    control = problem.control_variate
+    if control is None:
+        reason = _gaussian_only("delta_cv", problem) or _scalar_sample_only("delta_cv", problem)
+        if reason:
+            return reason
+        if not problem.cost_is_differentiable:
+            return "the delta method needs f'(μ) and f''(μ), and the cost is not differentiable in x"
+        control = taylor_control_variate(problem)
+
+    def surrogate(problem: Problem, theta: Tensor, n_samples: int, **options) -> Tensor:
+        # h's coefficients do not depend on θ, so any estimator unbiased for ∂E[f − h] plus ∂E[h] is unbiased
+        # for ∂E[f]; E[h] is added once per sample to match the surrogate's per-sample convention.
+        h, expected_h = control(theta, problem.distribution(theta))
+        residual = with_cost(problem, lambda x, t: problem.cost(x, t) - h(x))
+        inner = estimator.surrogate(residual, theta, n_samples, **options)
+        summed = inner.sum(dim=0) if inner.dim() > expected_h.dim() else inner
+        return summed + n_samples * expected_h
+
+    return surrogate
 
 
 SCHEMES: tuple[VarianceReduction, ...] = (
@@ -276,14 +280,15 @@ SCHEMES: tuple[VarianceReduction, ...] = (
     ),
     VarianceReduction(
         "optimal_baseline",
-        "score function with the variance-optimal scalar baseline E[ĝ s]/E[s²] fitted on the other N − 1 "
-        "samples (unbiased, no extra cost evaluations); scalar samples, any distribution; N >= 2",
+        "the score function on f − b, b = E[ĝ s]/E[s²] (the variance-optimal scalar baseline) fitted on the other "
+        "N − 1 samples: unbiased, no extra cost evaluations; scalar samples, any distribution; N >= 2",
         _compose_optimal_baseline,
     ),
     VarianceReduction(
         "delta_cv",
-        "delta-method control variate (Mohamed et al. §7.2): f minus its 2nd-order Taylor expansion at μ, "
-        "plus ∂E[expansion] in closed form, β = 1; score function and pathwise on Gaussians",
+        "delta-method control variate (Mohamed et al. §7.2): any unbiased estimator run on f − h plus ∂E[h] in "
+        "closed form, h the problem's own control (bayes_logreg) or f's 2nd-order Taylor expansion at μ "
+        "(scalar Gaussians), β = 1",
         _compose_delta_cv,
     ),
 )

@@ -1,17 +1,15 @@
-"""A real workload's definition: what the estimators see of it and where its ground truth comes from.
-
-See estimators/workloads/__init__.py for the registry and the estimation driver."""
+"""What the real workloads share: a deterministic training run whose checkpoints give the parameter vector, the
+problem the estimators see at a checkpoint, and a workload as a problem family."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import dataclasses
 from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from ..core.problem import Problem, ProblemError
+from ..core.problem import Problem, ProblemError, ProblemFamily, Workload
 from ..core.random_streams import one_intra_op_thread
 
 
@@ -27,7 +25,7 @@ class TrainingRun:
 
     def __getitem__(self, step: int) -> dict[str, Tensor]:
         if not 0 <= step <= self.steps:
-            raise WorkloadError(f"training step must be in [0, {self.steps}], got {step}")
+            raise ProblemError(f"training step must be in [0, {self.steps}], got {step}")
         if not self._history:
             self._state = {k: v.clone().requires_grad_(True) for k, v in self._initial().items()}
             self._optimiser = torch.optim.Adam(list(self._state.values()), lr=self._learning_rate)
@@ -41,80 +39,11 @@ class TrainingRun:
         return self._history[step]
 
 
-class WorkloadError(ProblemError):
-    """An unknown workload, checkpoint or estimator; the message says what is allowed."""
-
-
-@dataclass(frozen=True)
-class WorkloadEstimator:
-    """How one estimator runs on a workload: its surrogate (the shared signature) and its cost accounting."""
-
-    surrogate: Callable[..., Tensor]
-    cost_evaluations: int
-    unbiased: bool
-    min_samples: int = 1
-
-
-@dataclass(frozen=True, eq=False)
-class Workload:
-    name: str
-    summary: str
-    wrt: str
-    # How the exact gradient is obtained and how large its error is, for the report.
-    ground_truth: str
-    train_steps: int
-    checkpoints: tuple[int, ...]  # the default sweep's steps: initialisation, mid-way, near convergence
-    full_checkpoints: tuple[int, ...]  # the full preset's: more of them, and a longer run
-    parameter_count: int
-    estimators: Mapping[str, WorkloadEstimator]
-    # step -> the distribution and cost the surrogates see at that checkpoint; θ = to_theta(φ)
-    problem: Callable[[int], Problem]
-    to_theta: Callable[[Tensor], Tensor]
-    # step -> φ [P] (float64, on the CPU) after ``step`` optimisation steps.
-    parameters: Callable[[int], Tensor]
-    # step -> (exact gradient of the objective w.r.t. φ [P], its absolute error bound [P]), float64.
-    exact_gradient: Callable[[int], tuple[Tensor, Tensor]]
-    objective: Callable[[int], float]  # the objective (ELBO) at the checkpoint
-    # φ [P] -> gradient of the exactly computed term, added to every estimate (float64 -> caller's dtype).
-    exact_term_gradient: Callable[[Tensor], Tensor]
-    # (step, draws per data point) -> per coordinate, the exact gradient mass carried by events the cell's draws
-    # expect to see fewer than a handful of times (saturated discrete latents); None when there are none.
-    unresolved_by_sampling: Callable[[int, int], Tensor] | None = None
-    unresolved_reason: str = ""  # what those events are, for the row's note
-    # Surrogate sums over these trailing axes are averaged, e.g. the images of a VAE's evaluation batch.
-    surrogate_scale: float = 1.0
-    bytes_per_sample: int = 64 * 1024
-
-    @property
-    def estimator_names(self) -> tuple[str, ...]:
-        """The registry names of the estimators it runs (variance-reduced variants by their base name)."""
-        return tuple(dict.fromkeys(name.split("+")[0] for name in self.estimators))
-
-    def check_step(self, step: float) -> int:
-        if not isinstance(step, (int, float)) or not math.isfinite(step) or step != int(step):
-            raise WorkloadError(f"the checkpoint (theta) of {self.name} is a training step, an integer; got {step!r}")
-        if not 0 <= step <= self.train_steps:
-            raise WorkloadError(
-                f"the checkpoint (theta) of {self.name} must be a training step in [0, {self.train_steps}], got {step:g}"
-            )
-        return int(step)
-
-    def skip_reason(self, estimator: str, n_samples: int) -> str | None:
-        spec = self.estimators.get(estimator)
-        if spec is None:
-            return f"{estimator} is not run on {self.name} (it runs {', '.join(self.estimators)})"
-        if n_samples < spec.min_samples:
-            return f"{estimator} needs N >= {spec.min_samples} samples per estimate"
-        return None
-
-
-def _not_scalar(theta: float) -> float:
-    raise ProblemError("a workload's objective and gradient are vectors: see Workload.exact_gradient")
-
-
-def surrogate_problem(name: str, summary: str, wrt: str, distribution, cost, *, cost_is_differentiable: bool,
-                      params: Mapping[str, float] | None = None) -> Problem:
-    """The ``Problem`` a workload hands the estimators: θ is the distribution's parameter tensor (any shape)."""
+def checkpoint_problem(name: str, summary: str, wrt: str, distribution, cost, *, cost_is_differentiable: bool,
+                       workload: Workload, step: int, gradient_formula: str,
+                       params: Mapping[str, float] | None = None, control_variate=None) -> Problem:  # fmt: skip
+    """The ``Problem`` the estimators see at one checkpoint of a workload: ``distribution(θ)`` and ``cost(x, θ)``
+    take θ = workload.to_theta(φ) (any shape), and its example θ is the checkpoint's own."""
     return Problem(
         name=name,
         wrt=wrt,
@@ -122,12 +51,24 @@ def surrogate_problem(name: str, summary: str, wrt: str, distribution, cost, *, 
         summary=summary,
         distribution=distribution,
         cost=cost,
-        objective=_not_scalar,
-        gradient=_not_scalar,
-        gradient_formula="(vector gradient; see the workload's ground truth)",
+        objective=None,
+        gradient=None,
+        gradient_formula=gradient_formula,
         distribution_depends_on_theta=True,
         cost_depends_on_theta=False,
         cost_is_differentiable=cost_is_differentiable,
+        work_depends_on_theta=True,  # another checkpoint is another model
+        workload=workload,
+        example_theta=lambda: workload.to_theta(workload.parameters(step)[None]),
+        control_variate=control_variate,
     )
 
 
+def workload_family(name: str, summary: str, wrt: str, workload: Workload,
+                    default_estimators: tuple[str, ...]) -> ProblemFamily:  # fmt: skip
+    """A workload as a problem family: no parameters, θ a training step (its checkpoints by default)."""
+    # The family's problem has no parameters of its own: θ (the step) picks the checkpoint, through ``at``.
+    return ProblemFamily(name=name, summary=summary, wrt_choices=(wrt,),
+                         build=lambda wrt, params: dataclasses.replace(workload.at(workload.checkpoints[0]), params={}),
+                         default_thetas=tuple(float(step) for step in workload.checkpoints),
+                         default_estimators=default_estimators)  # fmt: skip

@@ -30,9 +30,8 @@ from torch import Tensor
 from torch.distributions import Independent, Normal, kl_divergence
 from torch.nn.functional import softplus
 
-from ..core.distributions import weighted_score_sum
-from ..methods.basic import measure_valued, pathwise, score_function, score_function_loo
-from .base import TrainingRun, Workload, WorkloadEstimator, surrogate_problem
+from ..core.problem import Problem, Workload
+from .base import TrainingRun, checkpoint_problem, workload_family
 
 TRAIN_STEPS = 2000  # the full preset's last checkpoint; make bench trains only to its own (500)
 LEARNING_RATE = 0.05
@@ -183,51 +182,42 @@ def _taylor(phi: Tensor, w: Tensor) -> Tensor:
     return log_likelihood(m) + (gradient * delta).sum(dim=-1) + 0.5 * quadratic
 
 
-def delta_cv_score_function(problem, theta: Tensor, n_samples: int) -> Tensor:
-    """ĝ = (f(w) − h(w)) ∂log q(w) + ∂E_q[h]: the score function with the delta-method control variate, β = 1."""
-    dist = problem.distribution(theta)
-    w = dist.sample((n_samples,))
-    residual = (log_likelihood(w) - _taylor(theta, w)).detach()
-    return weighted_score_sum(dist, w, residual) + n_samples * _expected_taylor(theta)
+def delta_method(theta: Tensor, dist) -> tuple:
+    """This problem's delta-method control variate (the ``delta_cv`` scheme): h, and E_q[h] differentiable in φ."""
+    return (lambda w: _taylor(theta, w)), _expected_taylor(theta)
 
 
-PROBLEM = surrogate_problem(
-    "bayes_logreg",
-    "w ~ N(m, diag(exp(2s))), f = log p(y | X, w)",
-    "m,log_s",
-    variational,
-    lambda w, theta: log_likelihood(w),
-    cost_is_differentiable=True,
-)
+SUMMARY = ("Bayesian logistic regression, breast-cancer data (569 × 31), N(0, I) prior, diagonal-Gaussian q; "
+           "ELBO gradient w.r.t. the 31 means and 31 log-scales (Mohamed et al. §8.3)")
+GROUND_TRUTH = (f"no closed form: quadrature (trapezoidal rule, step {QUADRATURE_STEP}) of each logit's Gaussian "
+                "marginal, differentiated by autograd in float64; KL analytic. Its error bound (the change when the "
+                "step doubles) is in true_grad_se; a 2^20-sample pathwise reference agrees within its interval "
+                "(tests)")  # fmt: skip
 
-ESTIMATORS = {
-    "pathwise": WorkloadEstimator(pathwise, cost_evaluations=1, unbiased=True),
-    "score_function": WorkloadEstimator(score_function, cost_evaluations=1, unbiased=True),
-    "score_function_loo": WorkloadEstimator(score_function_loo, cost_evaluations=1, unbiased=True, min_samples=2),
-    "score_function+delta_cv": WorkloadEstimator(delta_cv_score_function, cost_evaluations=1, unbiased=True),
-    # Two evaluations per mean and per log-scale: 4D = 124 per sample.
-    "measure_valued": WorkloadEstimator(measure_valued, cost_evaluations=4 * 31, unbiased=True),
-}
+
+@functools.lru_cache(maxsize=None)
+def at_checkpoint(step: int) -> Problem:
+    """w ~ q_φ, f = log p(y | X, w): the same distribution and cost at every checkpoint (θ = φ itself)."""
+    return checkpoint_problem("bayes_logreg", "w ~ N(m, diag(exp(2s))), f = log p(y | X, w)", "m,log_s", variational,
+                              lambda w, theta: log_likelihood(w), cost_is_differentiable=True, workload=BAYES_LOGREG,
+                              step=step, gradient_formula=GROUND_TRUTH, control_variate=delta_method)  # fmt: skip
+
 
 BAYES_LOGREG = Workload(
-    name="bayes_logreg",
-    summary="Bayesian logistic regression, breast-cancer data (569 × 31), N(0, I) prior, diagonal-Gaussian q; "
-    "ELBO gradient w.r.t. the 31 means and 31 log-scales (Mohamed et al. §8.3)",
-    wrt="m,log_s",
-    ground_truth=f"no closed form: quadrature (trapezoidal rule, step {QUADRATURE_STEP}) of each logit's Gaussian "
-    "marginal, differentiated by autograd in float64; KL analytic. Its error bound (the change when the step "
-    "doubles) is in true_grad_se; a 2^20-sample pathwise reference agrees within its interval (tests)",
+    n_params=62,
     train_steps=TRAIN_STEPS,
     checkpoints=CHECKPOINTS,
     full_checkpoints=FULL_CHECKPOINTS,
-    parameter_count=62,
-    estimators=ESTIMATORS,
-    problem=lambda step: PROBLEM,
-    to_theta=lambda phi: phi,
+    at=at_checkpoint,
     parameters=parameters,
+    to_theta=lambda phi: phi,
     exact_gradient=exact_gradient,
     objective=objective,
+    ground_truth=GROUND_TRUTH,
     exact_term_gradient=kl_gradient,
     # ~8 values per data point per sample (logits, softplus, their gradients), float32.
     bytes_per_sample=8 * 569 * 4,
 )
+
+FAMILY = workload_family("bayes_logreg", SUMMARY, "m,log_s", BAYES_LOGREG,
+                         default_estimators=("pathwise", "score_function", "score_function_loo", "measure_valued"))  # fmt: skip

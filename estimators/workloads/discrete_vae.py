@@ -26,9 +26,8 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Independent
 from torch.nn.functional import logsigmoid, softplus
 
-from ..methods import discrete
-from ..methods.basic import score_function, score_function_loo
-from .base import TrainingRun, Workload, WorkloadEstimator, surrogate_problem
+from ..core.problem import Problem, Workload
+from .base import TrainingRun, checkpoint_problem, workload_family
 
 LATENTS = 8
 PIXELS = 64
@@ -39,7 +38,6 @@ CHECKPOINTS = (0, 30, 300)
 FULL_CHECKPOINTS = (0, 10, 30, 100, 300, 1000, 2000)
 EVALUATION_STRIDE = 18  # every 18th image: 100 images in the evaluation batch
 INITIAL_SCALE = 0.1
-RELAX_REPLICATES = 4  # single-sample estimates per image per Adam step of RELAX's control variate
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,81 +184,50 @@ def entropy_gradient(phi: Tensor) -> Tensor:
     return grad
 
 
+SUMMARY = (f"VAE with {LATENTS} Bernoulli latents on binarised 8×8 digits (1797 images), linear encoder and decoder; "
+           "ELBO gradient w.r.t. the encoder's 520 parameters on a 100-image batch")
+GROUND_TRUTH = (f"exact: E_q[f] summed over all {2**LATENTS} latent configurations per image and differentiated by "
+                "autograd in float64 (error: float64 rounding)")
+
+
 @functools.lru_cache(maxsize=None)
-def problem(step: int):
+def at_checkpoint(step: int) -> Problem:
     """The latent distribution (θ = encoder logits [..., B, K]) and the cost f_x(z) with the decoder at ``step``."""
     decoder = _decoder(step)
     images = evaluation_batch()
-    return surrogate_problem(
+    return checkpoint_problem(
         "discrete_vae",
         f"z ~ Bernoulli(σ(xW + b))^{LATENTS}, f = log p(x | z) + log p(z), decoder at step {step}",
         "encoder",
         lambda logits: Independent(Bernoulli(logits=logits), 1),
         lambda z, theta: log_joint(z, images, decoder),
         cost_is_differentiable=True,
+        workload=DISCRETE_VAE,
+        step=step,
+        gradient_formula=GROUND_TRUTH,
         params={"step": float(step)},
     )
 
 
-_RELAX_CONTROLS: dict[tuple, discrete.RelaxControl] = {}
-
-
-def _relax_control(step: int, train_steps: int, dtype: torch.dtype, device: torch.device) -> discrete.RelaxControl:
-    """RELAX's c_φ for this checkpoint: trained once (minimising the encoder-logit gradient's second moment
-    over every image of the batch) and cached, so a cell's timing excludes training."""
-    key = (step, train_steps, dtype, str(device))
-    if key not in _RELAX_CONTROLS:
-        logits = encoder_logits(parameters(step).to(dtype=dtype, device=device), evaluation_batch().to(device))
-
-        def make_thetas() -> Tensor:
-            return logits.expand(RELAX_REPLICATES, *logits.shape).clone().requires_grad_(True)
-
-        _RELAX_CONTROLS[key] = discrete.fit_relax_control(
-            problem(step), make_thetas, LATENTS, train_steps, f"discrete_vae|{step}|{train_steps}|{dtype}", dtype, device
-        )
-    return _RELAX_CONTROLS[key]
-
-
-def relax(problem_, theta: Tensor, n_samples: int, *, train_steps: float) -> Tensor:
-    """RELAX with the control variate trained at the problem's checkpoint (its ``step`` parameter)."""
-    if train_steps < 0 or int(train_steps) != train_steps:
-        raise ValueError(f"train_steps must be an integer >= 0, got {train_steps:g}")
-    control = _relax_control(int(problem_.params["step"]), int(train_steps), theta.dtype, theta.device)
-    return discrete._control_variate_surrogate(problem_, theta, n_samples, control)
-
-
-ESTIMATORS = {
-    "score_function": WorkloadEstimator(score_function, cost_evaluations=1, unbiased=True),
-    "score_function_loo": WorkloadEstimator(score_function_loo, cost_evaluations=1, unbiased=True, min_samples=2),
-    "arm": WorkloadEstimator(discrete.arm, cost_evaluations=2, unbiased=True),
-    "disarm": WorkloadEstimator(discrete.disarm, cost_evaluations=2, unbiased=True),
-    "rebar": WorkloadEstimator(discrete.rebar, cost_evaluations=3, unbiased=True),
-    "relax": WorkloadEstimator(relax, cost_evaluations=3, unbiased=True),
-    "gumbel_softmax": WorkloadEstimator(discrete.gumbel_softmax, cost_evaluations=1, unbiased=False),
-    "straight_through": WorkloadEstimator(discrete.straight_through, cost_evaluations=1, unbiased=False),
-}
-
 DISCRETE_VAE = Workload(
-    name="discrete_vae",
-    summary=f"VAE with {LATENTS} Bernoulli latents on binarised 8×8 digits (1797 images), linear encoder and "
-    "decoder; ELBO gradient w.r.t. the encoder's 520 parameters on a 100-image batch",
-    wrt="encoder",
-    ground_truth=f"exact: E_q[f] summed over all {2**LATENTS} latent configurations per image and differentiated by "
-    "autograd in float64 (error: float64 rounding)",
+    n_params=PIXELS * LATENTS + LATENTS,
     train_steps=TRAIN_STEPS,
     checkpoints=CHECKPOINTS,
     full_checkpoints=FULL_CHECKPOINTS,
-    parameter_count=PIXELS * LATENTS + LATENTS,
-    estimators=ESTIMATORS,
-    problem=problem,
-    to_theta=lambda phi: encoder_logits(phi, evaluation_batch()),
+    at=at_checkpoint,
     parameters=parameters,
+    to_theta=lambda phi: encoder_logits(phi, evaluation_batch()),
     exact_gradient=exact_gradient,
     objective=objective,
+    ground_truth=GROUND_TRUTH,
     exact_term_gradient=entropy_gradient,
-    unresolved_by_sampling=unresolved_by_sampling,
-    unresolved_reason=f"latent outcomes expected fewer than {RARE_EVENT_COUNT:g} times in the cell's draws per image",
     surrogate_scale=1.0 / len(range(0, 1797, EVALUATION_STRIDE)),  # the batch's mean ELBO
     # ~12 float32 values per pixel per image per sample (decoder logits, softplus, gradients; ×3 for REBAR).
     bytes_per_sample=12 * PIXELS * 100 * 4 * 3,
+    unresolved_by_sampling=unresolved_by_sampling,
+    unresolved_reason=f"latent outcomes expected fewer than {RARE_EVENT_COUNT:g} times in the cell's draws per image",
 )
+
+FAMILY = workload_family("discrete_vae", SUMMARY, "encoder", DISCRETE_VAE,
+                         default_estimators=("score_function", "score_function_loo", "arm", "disarm", "gumbel_softmax",
+                                             "straight_through", "rebar", "relax"))  # fmt: skip
