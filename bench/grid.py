@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators import (ESTIMATORS, VARIANCE_REDUCTIONS, EstimatorError, Problem, describe, estimate, get_estimator,
+from estimators import (ESTIMATORS, VARIANCE_REDUCTIONS, EstimatorError, Method, Problem, estimate, get_estimator,
                         get_variance_reduction, make_problem)  # fmt: skip
 
 from .environment import resolve_devices
@@ -74,9 +74,14 @@ class Cell:
         return json.dumps(dict(self.estimator_params), sort_keys=True)
 
     @property
+    def method_id(self) -> Method:
+        """The estimator variant's identity: estimator, resolved parameters, variance-reduction scheme."""
+        return Method(self.estimator, self.estimator_params, self.variance_reduction)
+
+    @property
     def method(self) -> str:
-        """The estimator variant, e.g. ``gumbel_softmax[temperature=0.5]+antithetic``."""
-        return describe(self.estimator, dict(self.estimator_params), self.variance_reduction)
+        """The estimator variant's display name, e.g. ``gumbel_softmax[temperature=0.5]+antithetic``."""
+        return self.method_id.label
 
     @property
     def identity(self) -> str:

@@ -20,7 +20,6 @@ from scipy import integrate, special
 
 from bench.statistics import kurtosis, summarize, variance_interval, variance_relative_se
 from estimators import ESTIMATORS, estimate, make_problem
-from estimators.methods.discrete import exact_relaxed_mean
 from tests.helpers import bonferroni_z
 
 # (name, params, θ values): every family, default and non-default parameters, θ on both sides of 0.
@@ -202,7 +201,7 @@ def test_relaxation_bias_matches_its_exact_value(estimator, name, params, theta,
     assert not ESTIMATORS[estimator].unbiased_for(problem)
     exact_mean = exact_relaxation_mean_by_quadrature(problem, theta, temperature, estimator == "straight_through")
     # The library's exact mean (what the report plots) agrees with this independent computation.
-    assert exact_relaxed_mean(problem, theta, estimator, temperature) == pytest.approx(exact_mean, rel=1e-7, abs=1e-12)
+    assert problem.exact_mean(theta, estimator, {"temperature": temperature}) == pytest.approx(exact_mean, rel=1e-7, abs=1e-12)
     x = draw(estimator, problem, theta, 10, 20_000, seed_for("relaxed", estimator, name, params, theta, temperature),
              {"temperature": temperature})  # fmt: skip
     summary = summarize(x, problem.gradient(theta))
@@ -218,7 +217,7 @@ def test_relaxation_bias_vanishes_as_temperature_falls_while_variance_grows():
     # it goes to 0 as τ → 0, about linearly.
     problem, theta = make_problem("bernoulli_toy"), 0.5
     for estimator in ("gumbel_softmax", "straight_through"):
-        biases = [abs(exact_relaxed_mean(problem, theta, estimator, tau) - problem.gradient(theta)) for tau in (0.2, 0.1, 0.05, 0.02)]
+        biases = [abs(problem.exact_mean(theta, estimator, {"temperature": tau}) - problem.gradient(theta)) for tau in (0.2, 0.1, 0.05, 0.02)]
         assert biases == sorted(biases, reverse=True) and biases[-1] < 0.2 * biases[0], (estimator, biases)
     variances = [np.var(draw("gumbel_softmax", problem, theta, 1, 4000, seed_for("tau", tau), {"temperature": tau}))
                  for tau in (2.0, 0.02)]  # fmt: skip

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from estimators import ESTIMATORS, PEER_STATUS, VARIANCE_REDUCTIONS, ProblemError, make_problem
-from estimators.methods.discrete import exact_relaxed_mean
+from estimators import ESTIMATORS, PEER_STATUS, PROBLEMS, VARIANCE_REDUCTIONS, ProblemError, describe, make_problem
 
 
 from .. import environment, regression, run_folder
@@ -143,7 +142,9 @@ def _bias_warnings(ok: pd.DataFrame) -> list[str]:
     lines = []
     flagged = ok[ok["biased"].eq(True)]
     # The seed problem first: it is the case users meet in practice (a wrong, non-zero gradient).
-    groups = sorted(flagged.groupby(["problem", "wrt", "estimator"], sort=False), key=lambda g: g[0][0] != "seed_dependent")
+    # In the order problems are registered (the seed problems first), so the report leads with the familiar case.
+    order = {name: index for index, name in enumerate(PROBLEMS.names())}
+    groups = sorted(flagged.groupby(["problem", "wrt", "estimator"], sort=False), key=lambda g: order.get(g[0][0], len(order)))
     for (problem, wrt, estimator), rows in groups:
         worst = rows.loc[rows["bias_z"].abs().idxmax()]
         lines.append(
@@ -156,13 +157,12 @@ def _bias_warnings(ok: pd.DataFrame) -> list[str]:
         )
         if worst["expected_unbiased"] and worst["note"]:
             lines.append(f"  Theory says unbiased; this cell's note explains it: {worst['note']}")
-        if estimator == "naive" and problem == "seed_dependent":
-            lines.append(
-                "  It drops the product-rule term E[f ∂log p] = +6θ² that autograd through `torch.normal(mean=θ)` or "
-                "`.sample()` cannot see: naive autograd averages 3θ² + 3 instead of 9θ² + 3."
-            )
-        elif estimator == "naive" and (rows["grad_mean"] == 0).all() and (rows["grad_var"] == 0).all():
-            lines.append("  θ enters only through p, so autograd through a non-reparameterised sample returns 0 every time.")
+        note = _problem_note(problem, worst["problem_params"], wrt, worst["base"])
+        if note:
+            lines.append(f"  {note}")
+        elif (rows["grad_mean"] == 0).all() and (rows["grad_var"] == 0).all():
+            lines.append("  It returns 0 every time: θ reaches L only through p here, which this estimator does not "
+                         "differentiate (autograd through a non-reparameterised sample).")
     return lines
 
 
@@ -209,15 +209,24 @@ def _parameter_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     return lines
 
 
+def _problem_note(problem: str, params_json: str, wrt: str, estimator: str) -> str:
+    """What the problem says about an estimator on it (``Problem.estimator_notes``); '' if nothing or unknown."""
+    try:
+        return make_problem(problem, wrt, json.loads(params_json)).estimator_notes.get(estimator, "")
+    except (ProblemError, ValueError):
+        return ""
+
+
 def _relaxation_bias_figures(group: pd.DataFrame, problem: str, params_json: str, wrt: str, title: str,
                              path: Path) -> list[Path]:
-    """Bias vs temperature of the relaxed (biased) discrete estimators at the largest N, with the exact bias
-    where it is known (the Bernoulli problems), when some θ has at least two temperatures."""
-    rows = group[group["method"].str.match(r"(gumbel_softmax|straight_through)\[") & (group["variance_reduction"] == "none")]
+    """Bias vs temperature of the relaxations (estimators biased in theory with a ``temperature`` parameter) at
+    the largest N, with the exact bias where the problem knows it (``Problem.exact_mean``), when some θ has at
+    least two temperatures."""
+    temperature = group["estimator_params"].map(lambda s: json.loads(s).get("temperature", math.nan))
+    rows = group[temperature.notna() & group["expected_unbiased"].eq(False) & (group["variance_reduction"] == "none")]
     if rows.empty:
         return []
-    rows = rows.assign(base=rows["method"].str.split("[").str[0],
-                       temperature=rows["estimator_params"].map(lambda s: json.loads(s).get("temperature", math.nan)))  # fmt: skip
+    rows = rows.assign(temperature=temperature[rows.index])
     rows = rows[rows["n_samples"] == rows["n_samples"].max()]
     rows = rows[rows.groupby(["base", "theta"])["temperature"].transform("nunique") >= 2]
     if rows.empty:
@@ -230,7 +239,8 @@ def _relaxation_bias_figures(group: pd.DataFrame, problem: str, params_json: str
     if instance is not None:
         taus = np.geomspace(rows["temperature"].min() / 1.5, rows["temperature"].max() * 1.5, 25)
         for (base, theta), _ in rows.groupby(["base", "theta"]):
-            means = [exact_relaxed_mean(instance, theta, base, tau) for tau in taus]
+            known = instance.exact_mean
+            means = [known(theta, base, {"temperature": tau}) if known else None for tau in taus]
             if all(m is not None for m in means):
                 exact[(base, theta)] = (taus, np.array(means) - instance.gradient(theta))
     return [plots.relaxation_bias_vs_temperature(rows, title, path, exact)]
@@ -242,7 +252,7 @@ def variance_reduction_factors(ok: pd.DataFrame) -> pd.DataFrame:
     The two cells have independent seeds, so the log ratio's standard error is the root sum of squares of the
     two cells' relative variance standard errors; the interval is ratio·exp(±1.96·se).
     """
-    ok = ok.assign(base=[m.removesuffix(f"+{v}") if v != "none" else m for m, v in zip(ok["method"], ok["variance_reduction"])])
+    ok = ok.assign(base=[describe(e, json.loads(p)) for e, p in zip(ok["base"], ok["estimator_params"])])
     key = [*INSTANCE, "theta", "n_samples", "base"]
     plain = ok[ok["variance_reduction"] == "none"].drop_duplicates(key, keep="last").set_index(key)
     rows = []
@@ -338,8 +348,9 @@ def write_report(out_dir: Path) -> Path:
     frame = latest_rows(load_table(out_dir / TABLE_NAME))
     if not len(frame):
         raise TableError(f"results table {out_dir / TABLE_NAME} has no rows yet (`varbench run --out {out_dir}` adds them)")
-    # The report compares estimator variants (parameters, variance reduction), so they are its "estimators".
-    frame = frame.assign(estimator=frame["method"])
+    # The report compares estimator variants (parameters, variance reduction), so they are its "estimators";
+    # ``base`` keeps the registry name (colours, what a problem says about an estimator).
+    frame = frame.assign(base=frame["estimator"], estimator=frame["method"])
     ok = frame[frame["status"] == "ok"].copy()
     # A flag on an estimator that theory calls unbiased must survive the report's many cells (Holm).
     ok = ok.assign(per_cell_biased=ok["biased"],

@@ -28,13 +28,11 @@ _NAMED_COLOURS = dict(zip(
 BIASED_COLOUR = (0.55, 0.55, 0.55)
 
 
-def colour(method: str) -> tuple[float, float, float]:
-    """The colour of an estimator in every figure; a variant (gumbel_softmax[temperature=0.5]+antithetic) keeps
-    its base estimator's."""
-    base = method.split("[")[0].split("+")[0]
-    if base in _NAMED_COLOURS:
-        return tuple(_NAMED_COLOURS[base])
-    hue = int.from_bytes(hashlib.sha256(base.encode()).digest()[:4], "big") / 2**32
+def colour(estimator: str) -> tuple[float, float, float]:
+    """The colour of an estimator (its registry name) in every figure; its variants share it."""
+    if estimator in _NAMED_COLOURS:
+        return tuple(_NAMED_COLOURS[estimator])
+    hue = int.from_bytes(hashlib.sha256(estimator.encode()).digest()[:4], "big") / 2**32
     return colorsys.hls_to_rgb(hue, 0.45, 0.75)
 
 
@@ -45,12 +43,12 @@ def _biased(rows: pd.DataFrame) -> bool:
 def _style(estimator: str, rows: pd.DataFrame) -> dict:
     """Line style of one estimator's rows: its colour, or grey and dashed with '(biased)' when it is biased in
     theory or measurably biased in any of them (a low variance does not buy the right gradient)."""
+    base = rows["base"].iloc[0] if "base" in rows else estimator  # the registry name behind a variant's label
     if _biased(rows):
         # Several biased estimators share the grey; a marker per name still tells them apart.
-        base = estimator.split("[")[0].split("+")[0]
         marker = _BIASED_MARKERS.get(base) or "vP*<>"[int.from_bytes(hashlib.sha256(base.encode()).digest()[:4], "big") % 5]
         return dict(color=BIASED_COLOUR, ls="--", marker=marker, label=f"{estimator} (biased)")
-    return dict(color=colour(estimator), ls="-", marker="o", label=estimator)
+    return dict(color=colour(base), ls="-", marker="o", label=estimator)
 
 
 _BIASED_MARKERS = {"naive": "x", "gumbel_softmax": "s", "straight_through": "^", "finite_difference": "D"}
@@ -146,7 +144,7 @@ def _bias_panel(ax, rows: pd.DataFrame) -> None:
     for i, row in rows.iterrows():
         flagged = row["biased"] is True
         ax.errorbar(i, row["bias"], yerr=Z95 * row["bias_se"], marker="o", capsize=4,
-                    color="tab:red" if flagged else colour(row["estimator"]))  # fmt: skip
+                    color="tab:red" if flagged else colour(row.get("base", row["estimator"])))  # fmt: skip
         if flagged:
             ax.annotate(f"BIASED {row['bias']:.3g}", (i, row["bias"]), textcoords="offset points", xytext=(5, 5),
                         color="tab:red", fontsize=8, weight="bold")  # fmt: skip

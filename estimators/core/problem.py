@@ -58,6 +58,11 @@ class Problem:
     # () -> θ of one replicate for inspecting the distribution (its type, which parameters move); None: the
     # scalar valid_theta(). A workload's problem at a checkpoint sets it to its parameters there.
     example_theta: Callable[[], Tensor] | None = None
+    # Estimator name -> what the report should say about that estimator on this problem (why it is biased here).
+    estimator_notes: Mapping[str, str] = field(default_factory=dict)
+    # (θ, estimator name, its options) -> the exact E[ĝ] of that estimator, where this problem can compute it (a
+    # biased estimator's mean, so its exact bias); None, or a function returning None: not known.
+    exact_mean: Callable[[float, str, Mapping[str, float]], float | None] | None = None
     # The control variate of the delta method for this problem, (θ, dist) -> (h(x), E_θ[h]); None: the generic
     # second-order Taylor expansion of f, where f is a function of one scalar Gaussian sample.
     control_variate: Callable[[Tensor, Distribution], tuple[Callable[[Tensor], Tensor], Tensor]] | None = None

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from scipy import integrate
 from torch import Tensor, nn
 from torch.distributions import (
     Bernoulli,
@@ -338,45 +337,6 @@ def _needs_bernoulli(problem: Problem, n_samples: int) -> str | None:
     if reason is None and discrete_kind(problem) != BERNOULLI:
         return "ARM/DisARM are defined for Bernoulli latents (the categorical extension, ARSM, is not implemented)"
     return reason
-
-
-def _relaxed_mean_bernoulli(alpha: float, targets: list[float], temperature: float, hard_forward: bool) -> float:
-    """E[ĝ] of Gumbel-softmax (or straight-through) for f = mean_d (x_d − t_d)² with every logit = θ = α.
-
-    Per coordinate ∂_θ x_d = s(1 − s)/τ with s = σ((α + logit u)/τ), u ~ U(0, 1), and ∂f/∂x_d = 2(x_d − t_d)/D at
-    x_d = s (Gumbel-softmax) or x_d = 1[s > ½] (straight-through). The cost is separable, so the mean is a sum of
-    one-dimensional integrals over u, split where s crosses ½ (u = σ(−α)).
-    """
-    split = 1.0 / (1.0 + math.exp(alpha))
-
-    def soft(u: float) -> float:
-        x = (alpha + math.log(u) - math.log1p(-u)) / temperature
-        return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-    total = 0.0
-    for t in targets:
-        def integrand(u: float) -> float:
-            s = soft(u)
-            x = (1.0 if u > split else 0.0) if hard_forward else s
-            return 2.0 * (x - t) / len(targets) * s * (1.0 - s) / temperature
-
-        for low, high in ((0.0, split), (split, 1.0)):
-            total += integrate.quad(integrand, low, high, epsabs=1e-13, epsrel=1e-11, limit=400)[0]
-    return total
-
-
-def exact_relaxed_mean(problem: Problem, theta: float, estimator: str, temperature: float) -> float | None:
-    """Exact E[ĝ] of ``gumbel_softmax`` or ``straight_through`` by quadrature, where implemented (the Bernoulli
-    problems); None elsewhere. Its difference from problem.gradient(θ) is the relaxation's exact bias."""
-    if estimator not in ("gumbel_softmax", "straight_through"):
-        return None
-    if problem.name == "bernoulli_toy":
-        targets = [problem.params["t"]]
-    elif problem.name == "bernoulli_multi":
-        targets = [problem.params[k] for k in ("t1", "t2", "t3", "t4")]
-    else:
-        return None
-    return _relaxed_mean_bernoulli(theta, targets, temperature, estimator == "straight_through")
 
 
 def _evaluations(count: int) -> Callable[[Problem], int]:

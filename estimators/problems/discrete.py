@@ -21,8 +21,10 @@ or simplex relaxations that Gumbel-softmax, straight-through, REBAR and RELAX ev
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
+from scipy import integrate
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
@@ -32,6 +34,42 @@ MULTI_TARGETS = ("t1", "t2", "t3", "t4")
 CATEGORICAL_K = 4
 CATEGORICAL_COSTS = tuple(k / (CATEGORICAL_K - 1) for k in range(CATEGORICAL_K))
 CATEGORICAL_FIXED_LOGITS = tuple(f"logit{k}" for k in range(1, CATEGORICAL_K))
+
+
+def _relaxed_mean_bernoulli(alpha: float, targets: list[float], temperature: float, hard_forward: bool) -> float:
+    """E[ĝ] of Gumbel-softmax (or straight-through) for f = mean_d (x_d − t_d)² with every logit = θ = α.
+
+    Per coordinate ∂_θ x_d = s(1 − s)/τ with s = σ((α + logit u)/τ), u ~ U(0, 1), and ∂f/∂x_d = 2(x_d − t_d)/D at
+    x_d = s (Gumbel-softmax) or x_d = 1[s > ½] (straight-through). The cost is separable, so the mean is a sum of
+    one-dimensional integrals over u, split where s crosses ½ (u = σ(−α)).
+    """
+    split = 1.0 / (1.0 + math.exp(alpha))
+
+    def soft(u: float) -> float:
+        x = (alpha + math.log(u) - math.log1p(-u)) / temperature
+        return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+    total = 0.0
+    for t in targets:
+        def integrand(u: float) -> float:
+            s = soft(u)
+            x = (1.0 if u > split else 0.0) if hard_forward else s
+            return 2.0 * (x - t) / len(targets) * s * (1.0 - s) / temperature
+
+        for low, high in ((0.0, split), (split, 1.0)):
+            total += integrate.quad(integrand, low, high, epsabs=1e-13, epsrel=1e-11, limit=400)[0]
+    return total
+
+
+def _relaxation_mean(targets: list[float]):
+    """Problem.exact_mean of the Bernoulli problems: the relaxations' exact E[ĝ] (their bias plus the gradient)."""
+
+    def exact_mean(theta: float, estimator: str, options: Mapping[str, float]) -> float | None:
+        if estimator not in ("gumbel_softmax", "straight_through"):
+            return None
+        return _relaxed_mean_bernoulli(theta, targets, options["temperature"], estimator == "straight_through")
+
+    return exact_mean
 
 
 def _sigmoid(x: float) -> float:
@@ -56,6 +94,7 @@ def _build_bernoulli_toy(wrt: str, params: dict[str, float]) -> Problem:
         gradient_formula="dL/dθ = σ(θ)(1 − σ(θ))(1 − 2t)   (L = t² + σ(θ)(1 − 2t))",
         distribution_depends_on_theta=True,
         cost_depends_on_theta=False,
+        exact_mean=_relaxation_mean([t]),
     )
 
 
@@ -91,6 +130,7 @@ def _build_bernoulli_multi(wrt: str, params: dict[str, float]) -> Problem:
         ),
         distribution_depends_on_theta=True,
         cost_depends_on_theta=False,
+        exact_mean=_relaxation_mean([params[k] for k in MULTI_TARGETS]),
     )
 
 

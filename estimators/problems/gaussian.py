@@ -54,6 +54,9 @@ def _build_seed_dependent(wrt: str, params: dict[str, float]) -> Problem:
         gradient_formula="dL/dθ = 9θ² + 3   (L = 3θ³ + 3θ; naive autograd's mean is 3θ² + 3)",
         distribution_depends_on_theta=True,
         cost_depends_on_theta=True,
+        estimator_notes={"naive": "It drops the product-rule term E[f ∂log p] = +6θ² that autograd through "
+                                  "`torch.normal(mean=θ)` or `.sample()` cannot see: naive autograd averages 3θ² + 3 "
+                                  "instead of 9θ² + 3."},  # fmt: skip
     )
 
 
