@@ -36,8 +36,8 @@ BLOCK_BUDGET_S = 2.0
 BOOTSTRAP_RESAMPLES = 999
 CONFIDENCE = 0.95
 # Run-to-run spread of a relative cost beyond what one run's rounds show (contention changes compute-heavy and
-# memory-heavy kernels differently): two default sweeps, one beside a busy process, had 12.8% of their costs
-# outside the combined bootstrap intervals; this floor on each log standard error brings that to 5%.
+# memory-heavy kernels differently): this floor on each log standard error makes the intervals of two sweeps
+# disagree about 5% of the time, as 95% intervals should (docs/performance.md).
 RUN_TO_RUN_LOG_SD = 0.025
 
 

@@ -154,8 +154,8 @@ def _module_fingerprint(module_name: str) -> str:
 
 
 # glibc returns freed blocks above its mmap threshold (and the heap's free top) to the kernel, so each call's
-# fresh 1 MB tensors page-fault in again: ~430 minor faults per 2^18-sample score-function call on the 2-core VM,
-# ~25 with these settings, and the call 1.3-1.5x faster. Mmap threshold at glibc's 32 MB maximum, no trimming.
+# fresh 1 MB tensors page-fault in again and timings measure the kernel (docs/performance.md). Mmap threshold at
+# glibc's 32 MB maximum, no trimming.
 STEADY_HEAP = {"M_MMAP_THRESHOLD": (-3, 32 * 2**20), "M_TRIM_THRESHOLD": (-1, 2**36), "M_TOP_PAD": (-2, 256 * 2**20)}
 # The same settings as environment variables, for processes started from here (read by glibc at start-up).
 STEADY_HEAP_ENV = {f"MALLOC_{name[2:]}_": str(value) for name, (_, value) in STEADY_HEAP.items()}

@@ -246,11 +246,11 @@ RELAXATIONS = ("gumbel_softmax", "straight_through")
 def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
     """Discrete latents: every applicable estimator at θ = ½ on bernoulli_toy (t = 0.45 and 0.499, the
     REBAR/RELAX settings), bernoulli_multi and categorical_toy, at N <= 100, plus the relaxations' bias
-    against temperature at the largest N (~90 s on 2 cores). ``full`` adds N = 1000, θ on both sides (θ = 0
+    against temperature at the largest N. ``full`` adds N = 1000, θ on both sides (θ = 0
     is where DisARM is exact on one Bernoulli), temperatures for every discrete problem and for REBAR, and
     RELAX's training budget."""
     if not full:
-        # N = 1000 doubles the discrete cells' cost (REBAR and RELAX run ~10 µs per sample); it is in `full`.
+        # N = 1000 doubles the discrete cells' cost (REBAR and RELAX are the slowest estimators); it is in `full`.
         common = {**common, "n_samples": tuple(n for n in common["n_samples"] if n <= 100)}
     largest_n = (max(common["n_samples"]),)
     temperatures = (0.1, 0.5, 1.0, 2.0)
@@ -313,7 +313,7 @@ def _implicit_sweeps(full: bool = False, **common) -> list[Sweep]:
     """Gamma, Beta, Dirichlet (implicit reparameterisation) with f = log x, x, x², and small concentrations in
     float32 and float64, where torch's clamping of tiny samples to the dtype's smallest normal number biases
     the estimates (and any NaN/inf estimate is counted in n_nonfinite)."""
-    if not full:  # about 18 cells, ~25 s on 2 shared cores: score function against implicit pathwise
+    if not full:  # about 18 cells: score function against implicit pathwise
         common = {**common, "n_samples": (100,), "estimators": ("score_function", "pathwise")}
         return [
             Sweep("gamma", thetas=(0.5, 2.0), wrt="shape", params={"power": (0.0, 2.0)}, **common),
@@ -345,7 +345,7 @@ def _dimension_sweeps(full: bool = False, **common) -> list[Sweep]:
     and finite differences across their step h: bias 4θh² on the quartic cost, 3h² on seed_dependent."""
     if full:
         dims, steps = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), (0.01, 0.1, 0.5, 1.0)
-    else:  # about 20 cells, ~30 s on 2 shared cores
+    else:  # about 20 cells
         dims, steps = (1.0, 4.0, 16.0), (0.1, 1.0)
         common = {**common, "n_samples": (100,), "estimators": ("score_function", "pathwise", "measure_valued")}
     sweeps = [
@@ -363,7 +363,7 @@ VAE_ESTIMATORS = ("score_function", "score_function_loo", "arm", "disarm", "gumb
 
 
 def _workload_sweeps(full: bool = False, **common) -> list[Sweep]:
-    """Real workloads at checkpoints of their training runs, M = 200 (~2 min on 2 cores): Bayesian logistic
+    """Real workloads at checkpoints of their training runs, M = 200: Bayesian logistic
     regression (pathwise, score function with and without baselines, delta-method control variate,
     measure-valued) and the discrete VAE's encoder (every discrete estimator). ``full`` adds checkpoints and
     trains on to step 2000, larger N and the relaxations' temperatures."""
@@ -372,7 +372,7 @@ def _workload_sweeps(full: bool = False, **common) -> list[Sweep]:
     logreg_steps = tuple(map(float, logreg.full_checkpoints if full else logreg.checkpoints))
     vae_steps = tuple(map(float, vae.full_checkpoints if full else vae.checkpoints))
     logreg_n = (1, 10, 100, 1000) if full else (1, 10, 100)
-    # 124 cost evaluations per sample (two per mean and per log-scale): N = 100 costs ~12 s per cell.
+    # 124 cost evaluations per sample (two per mean and per log-scale): N = 100 is in `full` only.
     mvd_n = (1, 10, 100) if full else (1, 10)
     vae_n = (2, 10, 100) if full else (2, 10)
     sweeps = [
@@ -424,7 +424,7 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
         # The regression gate's grid (make regress / make baseline): fixed M so a baseline and a new run have
         # the same precision; covers the biased naive baseline, heavy-tailed score-function estimates, both
         # Gaussian parameters, the measure-valued estimator and the discrete estimators on the REBAR toy.
-        # <= 3 minutes on 2 cores with the speed runs.
+        # A few minutes with the speed runs.
         common = {"devices": ("cpu",), "n_samples": (10, 1000), "replicates": 2000, "estimators": PRESET_ESTIMATORS}
         return [
             Sweep("bernoulli_toy", thetas=(0.0,), wrt="logit", params={"t": (0.45,)}, **common),

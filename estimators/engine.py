@@ -15,15 +15,13 @@ from .variance_reduction import compose
 
 
 # Working memory of one vectorised call per sample, in values of the dtype: the sample, the cost, log-probabilities,
-# autograd's saved tensors and gradients. `make perf` measures ~6 float32 values per sample for pathwise on the
-# seed problem (229 MiB peak for an unchunked 10^7-sample cell); estimators with more intermediates (score
-# function, measure-valued pairs, relaxations) need several times that, so 64 bounds them all with room to spare.
+# autograd's saved tensors and gradients. Pathwise on the seed problem needs a few (`make perf` measures it);
+# estimators with more intermediates (measure-valued pairs, relaxations) several times that: 64 bounds them all.
 WORKING_VALUES_PER_SAMPLE = 64
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes per vectorised call
 # Samples per call when an estimate's calls run on the CPU's threads, each from its own random stream: small
 # enough that one call's tensors stay in cache and that an estimate has calls to overlap, large enough that
-# per-call overhead stays small. Median fraction of the RNG floor on 2 cores (pathwise and score function on
-# the three perf problems): 0.29 at 2^16, 0.43 at 2^17, 0.65 at 2^18, 0.69 at 2^19, 0.53 at 2^20.
+# per-call overhead stays small (the call sizes tried: docs/performance.md).
 PARALLEL_CALL_SAMPLES = 1 << 19
 # (estimator, problem) pairs seen drawing from torch's global generator inside a parallel call: run serially.
 _GLOBAL_GENERATOR_USERS: set[tuple[str, str]] = set()
@@ -168,8 +166,8 @@ def estimate(
         # Cache-sized calls, each from its own stream (random_streams), run on the CPU's threads: one call's
         # noise is drawn while another's arithmetic runs. The split depends only on N, M, dtype and the budget,
         # never on the thread count, so the numbers are the same on every machine. An estimate that is one
-        # call anyway draws from the global generator directly: routing its draws costs ~0.25 ms per call
-        # (~40 ops through a TorchFunctionMode), which would tilt small cells' timings against these estimators.
+        # call anyway draws from the global generator directly: routing its draws through a TorchFunctionMode
+        # has a fixed cost per call, which would tilt small cells' timings against these estimators.
         call_bytes = min(memory_budget, PARALLEL_CALL_SAMPLES * bytes_per_sample)
         tasks = blocks(call_bytes)
         if len(tasks) > 1:

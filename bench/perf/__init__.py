@@ -69,8 +69,8 @@ def floor_fraction(name: str, problem, theta: float, n: int, m: int, device: str
     """(fraction of the RNG floor, samples/s) of one vectorised ``estimate`` call of m estimates of n samples.
 
     Paired: each round times ``torch.randn`` of the same n·m samples right before the call, and the fraction
-    is the median over rounds of floor time / call time. On the 2-core VM the floor alone moved 1.2-1.8 ms
-    (2^18 samples) within a minute, so a floor timed once at the start put every later ratio off by up to 1.5x.
+    is the median over rounds of floor time / call time: the floor alone drifts within a minute on a shared
+    machine, so a floor timed once at the start would put every later ratio off.
     """
     estimator = ESTIMATORS[name]
     floor_times, call_times = [], []

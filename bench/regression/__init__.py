@@ -43,15 +43,13 @@ from ..table import TABLE_NAME, TableError, latest_rows, load_table
 ALPHA = 0.01  # family-wise false-alarm rate per metric across the whole grid (Holm)
 MIN_VARIANCE_RATIO = 1.2  # a variance change under 20% is not worth failing a build for
 # Speed fails only past this factor (on the median over SPEED_REPEATS runs), with the pooled-rounds 95%
-# interval above SPEED_MIN_LOW. On an idle 2-core VM single runs of unchanged code differ per benchmark by
-# 0.6-1.5x; a machine shared with other jobs is worse (up to 2.2x with four processes on two cores), which is
-# why speed is gated only on a dedicated CI machine of the baseline's fingerprint.
+# interval above SPEED_MIN_LOW: single runs of unchanged code differ per benchmark by more than the band of a
+# variance test (docs/performance.md), which is also why speed is gated only on the baseline's machine type.
 SPEED_FAIL_FACTOR = 1.6
 SPEED_MIN_LOW = 1.2
 SPEED_REPEATS = 5  # benchmark processes per run; the gate compares the median of their medians
-# glibc hands every freed 1 MB tensor back to the kernel and the next call faults it in again; on this VM those
-# page faults made the same call's median vary 3.8-12 ms across processes, 2.9-4.4 ms with the heap kept
-# (environment.STEADY_HEAP_ENV), which the benchmark processes get.
+# The benchmark processes keep freed memory in their heap (environment.STEADY_HEAP_ENV): page faults from
+# returning every freed tensor to the kernel made the same call's median vary 3x across processes.
 SPEED_JSON = "speed.json"
 META_JSON = "baseline.json"
 REGRESSIONS_CSV = "regressions.csv"

@@ -12,8 +12,8 @@ from .problem import Problem
 
 def draw_detached(dist, n_samples: int) -> Tensor:
     """N samples carrying no gradient. Reparameterisable distributions draw by ``rsample`` under ``no_grad``
-    (μ + σ·ε): the same distribution as ``.sample()``, whose ``torch.normal`` on expanded parameters measured
-    10-15% slower on CPU, which the score function's throughput cannot spare."""
+    (μ + σ·ε): the same distribution as ``.sample()``, whose ``torch.normal`` on expanded parameters is slower on
+    CPU (docs/performance.md)."""
     if dist.has_rsample:
         with torch.no_grad():
             return dist.rsample((n_samples,))
@@ -51,9 +51,7 @@ def weighted_score_sum(dist: Distribution, x: Tensor, weights: Tensor) -> Tensor
     For a (diagonal) Gaussian, the closed-form score (x − μ)/σ² ∂μ + ((x − μ)²/σ² − 1)/σ ∂σ with its sums over
     samples taken before θ enters: Σ w (x − μ) and Σ w (x − μ)², times [M]-sized functions of μ(θ), σ(θ).
     Autograd then never differentiates log_prob's steps over all N·M samples, nor any sample-sized tensor
-    (the score function's share of the RNG floor went from 0.24-0.35 to 0.41-0.51 on 2 CPU cores with the
-    closed form; summing first measured 0.91× the per-sample closed form's cost). Anything else:
-    Σ_n w_n score_surrogate.
+    (the speed-up: docs/performance.md). Anything else: Σ_n w_n score_surrogate.
     """
     gaussian = diagonal_gaussian(dist)
     if gaussian is None:

@@ -94,9 +94,8 @@ def run_chunks(tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
     thread each; results in task order. Consumes one draw of the global generator whatever ``workers`` is.
 
     One intra-op thread each, so that each task's arithmetic, and so every bit of the result, is the same
-    whatever the thread count. It
-    also avoids oversubscribing the cores with one team of intra-op threads per worker; on 2 cores the median
-    fraction of the RNG floor was 0.61 against 0.56 with torch's default, within the VM's noise.
+    whatever the thread count. It also avoids oversubscribing the cores with one team of intra-op threads per
+    worker.
 
     Raises GlobalGeneratorUsed, with the global generator restored to its state before the call, when a task
     drew from the global generator anyway (a random op missing from RANDOM_OPS).

@@ -256,8 +256,8 @@ def fit_relax_control(problem: Problem, make_thetas: Callable[[], Tensor], input
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
     fork = [device.index or 0] if device.type == "cuda" else []
     threads = torch.get_num_threads()
-    # The training tensors are tiny: intra-op threads only add synchronisation, which on a loaded machine
-    # made training ~10x slower. One thread, restored afterwards.
+    # The training tensors are tiny: intra-op threads only add synchronisation, which a loaded machine turns into
+    # waiting. One thread, restored afterwards.
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=fork):

@@ -42,7 +42,7 @@ FULL_CHECKPOINTS = (0, 10, 50, 100, 200, 500, 1000, 2000)
 # The widest marginal has s ≈ 22 at initialisation (outlying patients), so h = 0.025 leaves ~1e-15 relative;
 # Gauss–Hermite with 192 nodes erred by 2e-2 there. Beyond |t| = 12 the Gaussian weight is < 1e-31.
 QUADRATURE_STEP = 0.025
-# The optimisation only has to be deterministic, not exact: it uses a 10× coarser rule (5 s instead of 50).
+# The optimisation only has to be deterministic, not exact: it uses a 10× coarser rule, 10× fewer nodes.
 TRAINING_QUADRATURE_STEP = 0.25
 QUADRATURE_HALF_WIDTH = 12.0
 
