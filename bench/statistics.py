@@ -163,7 +163,7 @@ def summarize(estimates: np.ndarray, true_grad: float, confidence: float = CONFI
 
 @dataclass(frozen=True)
 class VectorSummary:
-    """Summary of M replicate estimates of a P-dimensional gradient; see results/README.md for each field."""
+    """Summary of M replicate estimates of a P-dimensional gradient; see docs/schema.md for each field."""
 
     summary: EstimateSummary  # norms, the worst coordinate's z and the mean per-coordinate variance
     n_params: int

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-# (column, type, meaning). results/README.md documents the same schema; a test keeps the two in sync.
+# (column, type, meaning). docs/schema.md is generated from it (varbench schema); a test keeps the two equal.
 SCHEMA: list[tuple[str, str, str]] = [
     ("cell_id", "str", "hash of the cell's identity (problem, params, wrt, theta, estimator, N, device, dtype, and estimator_params and variance_reduction when set)"),
     ("status", "str", "ok | skipped (estimator does not apply; see note) | error (see note)"),
@@ -159,7 +159,7 @@ def _header_problem(path: Path, first_line: str, *, strict: bool) -> str | None:
     parts = [listed("missing", missing)] * bool(missing) + [listed("unexpected", unexpected)] * bool(unexpected)
     detail = "; ".join(parts) or "the same columns in another order"
     return (f"results table {path} is corrupt or from another varbench version ({detail}; the schema is in "
-            "results/README.md); move it away or choose another --out")  # fmt: skip
+            "docs/schema.md); move it away or choose another --out")  # fmt: skip
 
 
 def prepare_for_append(path: Path) -> None:

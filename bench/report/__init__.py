@@ -6,13 +6,15 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from estimators import ESTIMATORS, PEER_STATUS, PROBLEMS, VARIANCE_REDUCTIONS, ProblemError, describe, make_problem
+from estimators import ESTIMATORS, PEER_STATUS, PROBLEMS, VARIANCE_REDUCTIONS, ProblemError, Registry, describe, make_problem
 
 
 from .. import environment, regression, run_folder
@@ -342,8 +344,45 @@ def _dimension_sweeps(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class ReportContext:
+    """What every report section reads: the folder, and the latest row of every cell split by kind."""
+
+    out_dir: Path
+    frame: pd.DataFrame  # every cell, latest row; ``estimator`` is the variant's label, ``base`` its registry name
+    ok: pd.DataFrame  # measured cells with a scalar θ (bias flags after the report-wide Holm rule)
+    workloads: pd.DataFrame  # measured cells of problems whose θ is a parameter vector
+    skipped: pd.DataFrame
+    errors: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of report.md: ``render(context)`` returns its Markdown lines ([] to leave it out); sections are
+    written in increasing ``order``."""
+
+    order: float
+    render: Callable[[ReportContext], list[str]]
+
+
+@dataclass(frozen=True)
+class ProblemPlot:
+    """A figure in every problem's section: ``draw(group, title, stem)`` draws the rows of one problem instance to
+    files named from ``stem`` (a path without suffix) and returns their Markdown ([] when it has nothing to show)."""
+
+    order: float
+    draw: Callable[[pd.DataFrame, str, Path], list[str]]
+
+
+# The report's parts and the figures of each problem section, registered like problems and estimators: a user
+# adds one with SECTIONS.register(name, Section(order, render)) or PLOTS.register(name, ProblemPlot(order, draw)).
+SECTIONS: Registry[Section] = Registry("report section", ValueError)
+PLOTS: Registry[ProblemPlot] = Registry("report plot", ValueError)
+
+
 def write_report(out_dir: Path) -> Path:
-    """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``."""
+    """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``: its registered sections
+    in order, replaced whole or not at all."""
     out_dir = Path(out_dir)
     frame = latest_rows(load_table(out_dir / TABLE_NAME))
     if not len(frame):
@@ -355,16 +394,23 @@ def write_report(out_dir: Path) -> Path:
     # A flag on an estimator that theory calls unbiased must survive the report's many cells (Holm).
     ok = ok.assign(per_cell_biased=ok["biased"],
                    biased=familywise_biased(ok["biased"], ok["bias_p_value"], ok["expected_unbiased"]))  # fmt: skip
-    skipped = frame[frame["status"] == "skipped"]
-    errors = frame[frame["status"] == "error"]
+    vector = ok["n_params"] > 1
+    context = ReportContext(out_dir, frame, ok[~vector], ok[vector], frame[frame["status"] == "skipped"],
+                            frame[frame["status"] == "error"])  # fmt: skip
+    lines = [line for section in sorted(SECTIONS.values(), key=lambda s: s.order) for line in section.render(context)]
+    path = out_dir / "report.md"
+    replace_whole(path, "\n".join(lines).encode("utf-8"))
+    return path
 
+
+def _header(c: ReportContext) -> list[str]:
+    seeds = ", ".join(str(s) for s in sorted(c.frame["base_seed"].dropna().astype(int).unique()))
     lines = [
         run_folder.REPORT_TITLE,
         "",
         f"Rendered {datetime.now(timezone.utc).isoformat(timespec='seconds')} from `{TABLE_NAME}` "
-        f"({len(ok)} measured cells, {len(skipped)} skipped, {len(errors)} failed). "
-        f"Seeds: base {', '.join(str(s) for s in sorted(frame['base_seed'].dropna().astype(int).unique()))}; "
-        "each cell's own seed is in the table.",
+        f"({len(c.ok) + len(c.workloads)} measured cells, {len(c.skipped)} skipped, {len(c.errors)} failed). "
+        f"Seeds: base {seeds}; each cell's own seed is in the table.",
         "",
         "How to read it: each cell draws M independent estimates of dL/dθ, each from N samples. *Bias* is their mean "
         "minus the exact gradient; an estimator is flagged **BIASED** when |z| = |bias| / se exceeds "
@@ -386,7 +432,7 @@ def write_report(out_dir: Path) -> Path:
         "by the exact number of cost evaluations per sample instead of a timing, so no machine can change it.",
         "",
     ]
-    versions = frame[["git_sha", "torch_version"]].drop_duplicates()
+    versions = c.frame[["git_sha", "torch_version"]].drop_duplicates()
     if len(versions) > 1:
         listed = "; ".join(f"{r.git_sha} with torch {r.torch_version}" for r in versions.itertuples())
         lines += [
@@ -395,82 +441,144 @@ def write_report(out_dir: Path) -> Path:
             "to compare versions cleanly.",
             "",
         ]
-    lines += _regression_section(out_dir)
-    # Workloads (gradient vectors at training checkpoints) have their own section; the rest is per scalar θ.
-    workloads = ok[ok["n_params"] > 1]
-    ok = ok[~(ok["n_params"] > 1)]
-    if len(ok) or len(workloads):
-        warnings = _bias_warnings(ok) + workload_biases(workloads)
-        lines += ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]
-        lines += _chance_flags(pd.concat([ok, workloads]))
-        lines += _infinite_variance_lines(ok)
-    if len(ok) or len(workloads):
-        lines += ["## Which estimator to choose", ""]
-        if len(ok):
-            lines += [f"At the largest N of each problem. A winner beats every other unbiased estimator by more than "
-                      f"{verdict.TIE_BAND:g}× with 95% confidence; a tie lists every estimator the best does not beat. "
-                      "Why one loses (its variance and cost factors) is in the problem's ranking table below.", ""]
-            lines += _choice_rows(ok) + [""]
-        lines += choice_lines(workloads) + ([""] if len(workloads) else [])
-    lines += workload_sections(workloads, skipped, out_dir)
-    for key, group in ok.groupby(INSTANCE, sort=False):
+    return lines
+
+
+def _biased_section(c: ReportContext) -> list[str]:
+    if not (len(c.ok) or len(c.workloads)):
+        return []
+    warnings = _bias_warnings(c.ok) + workload_biases(c.workloads)
+    lines = ["## Biased estimators", ""] + (warnings or ["No measured cell is significantly biased."]) + [""]
+    return lines + _chance_flags(pd.concat([c.ok, c.workloads])) + _infinite_variance_lines(c.ok)
+
+
+def _choice_section(c: ReportContext) -> list[str]:
+    if not (len(c.ok) or len(c.workloads)):
+        return []
+    lines = ["## Which estimator to choose", ""]
+    if len(c.ok):
+        lines += [f"At the largest N of each problem. A winner beats every other unbiased estimator by more than "
+                  f"{verdict.TIE_BAND:g}× with 95% confidence; a tie lists every estimator the best does not beat. "
+                  "Why one loses (its variance and cost factors) is in the problem's ranking table below.", ""]
+        lines += _choice_rows(c.ok) + [""]
+    return lines + choice_lines(c.workloads) + ([""] if len(c.workloads) else [])
+
+
+def _problem_sections(c: ReportContext) -> list[str]:
+    """One section per problem instance: its exact gradient, a ranking table per θ, its figures, its notes."""
+    lines = []
+    for key, group in c.ok.groupby(INSTANCE, sort=False):
         problem, params_json, wrt, device, dtype = key
         title = _title(problem, params_json, wrt)
-        slug = _slug(problem, wrt, *json.loads(params_json).values(), device, dtype)
+        stem = c.out_dir / _slug(problem, wrt, *json.loads(params_json).values(), device, dtype)
         lines += [f"## {title} — {device}, {dtype}", "", f"Exact gradient: `{_formula(problem, params_json, wrt)}`", ""]
         n_max = group["n_samples"].max()
         for theta, rows in group[group["n_samples"] == n_max].groupby("theta"):
             lines += [f"**θ = {theta:g}, N = {n_max}**", ""] + ranking_table(rows) + [""]
-        lines += _figure(plots.variance_vs_n(group, title, out_dir / f"{slug}_variance_vs_n.png"), group, "grad_var")
-        if group["theta"].nunique() > 1:
-            lines += _figure(plots.per_sample_variance_vs(group, "theta", title, out_dir / f"{slug}_variance_vs_theta.png"),
-                             group[group["n_samples"] == n_max], "per_sample_var")  # fmt: skip
-        lines += _figure(plots.bias(group, title, out_dir / f"{slug}_bias.png"))
-        if group["relative_cost"].notna().any():
-            lines += _figure(plots.relative_cost(group, title, out_dir / f"{slug}_cost.png"))
-        for path in _relaxation_bias_figures(group, problem, params_json, wrt, title, out_dir / f"{slug}_relaxation_bias.png"):
-            lines += _figure(path)
+        for plot in sorted(PLOTS.values(), key=lambda p: p.order):
+            lines += plot.draw(group, title, stem)
         lines += [
             "Cost evaluations per sample: "
-            + ", ".join(f"{e} {int(c)}" for e, c in group.groupby("estimator", sort=False)["cost_evals_per_sample"].first().items())
+            + ", ".join(f"{e} {int(n)}" for e, n in group.groupby("estimator", sort=False)["cost_evals_per_sample"].first().items())
             + ". The cost plot is measured, so extra evaluations show up as a higher cost per sample.",
             "",
         ]
+        skipped = c.skipped
         mine = skipped[(skipped["problem"] == problem) & (skipped["problem_params"] == params_json) & (skipped["wrt"] == wrt)]
         for note, rows in mine.groupby("note", sort=False):
             names = ", ".join(f"`{e}`" for e in dict.fromkeys(rows["estimator"]))
             lines.append(f"- skipped where it does not apply ({note}): {names}")
-        # "estimates are constant" (naive when θ only enters p) is already explained under Biased estimators.
+        # "estimates are constant" (θ reaching L only through p) is already explained under Biased estimators.
         noted = group[(group["note"] != "") & (group["note"] != "estimates are constant")]
         for note, rows in noted.groupby("note", sort=False):
             where = ", ".join(sorted({f"{r.estimator} θ={r.theta:g} N={r.n_samples}" for r in rows.itertuples()}))
             lines.append(f"- ⚠ {note} ({where})")
         lines.append("")
-    if len(ok):
-        sweeps = _parameter_sweeps(ok, out_dir)
-        if sweeps:
-            lines += ["## Variance against problem parameters", ""] + sweeps
-        lines += _variance_reduction_section(ok, out_dir)
-        dimensions = _dimension_sweeps(ok, out_dir)
-        if dimensions:
-            lines += ["## Variance against dimension", "",
-                      "θ moves the first coordinate's mean only; f sums over all D coordinates. The score function "
-                      "carries the other D − 1 coordinates' noise, so its variance grows with D; pathwise and the "
-                      "coupled measure-valued pair do not.", ""] + dimensions  # fmt: skip
-    if len(errors):
-        lines += ["## Failed cells", "", "Re-running the same command retries them.", ""]
-        lines += [f"- {r.problem} {r.wrt} θ={r.theta:g} {r.estimator} N={r.n_samples} {r.device}: {r.note}" for r in errors.itertuples()]
-        lines.append("")
-    lines += ["## Environment", "", "| | |", "|---|---|"]
+    return lines
+
+
+def _variance_vs_n(group: pd.DataFrame, title: str, stem: Path) -> list[str]:
+    return _figure(plots.variance_vs_n(group, title, stem.with_name(f"{stem.name}_variance_vs_n.png")), group, "grad_var")
+
+
+def _variance_vs_theta(group: pd.DataFrame, title: str, stem: Path) -> list[str]:
+    if group["theta"].nunique() < 2:
+        return []
+    largest = group[group["n_samples"] == group["n_samples"].max()]
+    path = plots.per_sample_variance_vs(group, "theta", title, stem.with_name(f"{stem.name}_variance_vs_theta.png"))
+    return _figure(path, largest, "per_sample_var")
+
+
+def _bias_plot(group: pd.DataFrame, title: str, stem: Path) -> list[str]:
+    return _figure(plots.bias(group, title, stem.with_name(f"{stem.name}_bias.png")))
+
+
+def _cost_plot(group: pd.DataFrame, title: str, stem: Path) -> list[str]:
+    if not group["relative_cost"].notna().any():
+        return []
+    return _figure(plots.relative_cost(group, title, stem.with_name(f"{stem.name}_cost.png")))
+
+
+def _relaxation_plot(group: pd.DataFrame, title: str, stem: Path) -> list[str]:
+    first = group.iloc[0]
+    paths = _relaxation_bias_figures(group, first["problem"], first["problem_params"], first["wrt"], title,
+                                     stem.with_name(f"{stem.name}_relaxation_bias.png"))  # fmt: skip
+    return [line for path in paths for line in _figure(path)]
+
+
+def _sweeps_section(c: ReportContext) -> list[str]:
+    if not len(c.ok):
+        return []
+    sweeps = _parameter_sweeps(c.ok, c.out_dir)
+    lines = (["## Variance against problem parameters", ""] + sweeps) if sweeps else []
+    lines += _variance_reduction_section(c.ok, c.out_dir)
+    dimensions = _dimension_sweeps(c.ok, c.out_dir)
+    if dimensions:
+        lines += ["## Variance against dimension", "",
+                  "Per-sample variance against the dimension D of the problems that have one (log–log): an estimator "
+                  "whose variance grows with D pays for every coordinate's noise, one whose variance does not is "
+                  "the one to scale up with.", ""] + dimensions  # fmt: skip
+    return lines
+
+
+def _failed_section(c: ReportContext) -> list[str]:
+    if not len(c.errors):
+        return []
+    lines = ["## Failed cells", "", "Re-running the same command retries them.", ""]
+    lines += [f"- {r.problem} {r.wrt} θ={r.theta:g} {r.estimator} N={r.n_samples} {r.device}: {r.note}" for r in c.errors.itertuples()]
+    return lines + [""]
+
+
+def _environment_section(c: ReportContext) -> list[str]:
+    lines = ["## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in environment.describe().items()]
     lines += [f"| peer {k} | {v} |" for k, v in PEER_STATUS.items()]  # peers that failed to install, too
-    recorded = frame[["device", "device_name", "cost_clock", "torch_version", "num_threads", "git_sha", "hostname"]].drop_duplicates()
+    recorded = c.frame[["device", "device_name", "cost_clock", "torch_version", "num_threads", "git_sha", "hostname"]].drop_duplicates()
     lines += ["", "Recorded with the rows (the machines that measured them):", ""] + _markdown_table(recorded) + [""]
-    lines += ["Estimators:", ""] + [f"- `{e.name}`: {e.summary}" for e in ESTIMATORS.values()] + [""]
-    lines += ["Variance reductions:", ""] + [f"- `{v.name}`: {v.summary}" for v in VARIANCE_REDUCTIONS.values()] + [""]
-    path = out_dir / "report.md"
-    replace_whole(path, "\n".join(lines).encode("utf-8"))
-    return path
+    lines += ["Estimators:", ""] + [f"- `{name}`: {e.summary}" for name, e in ESTIMATORS.items()] + [""]
+    return lines + ["Variance reductions:", ""] + [f"- `{v.name}`: {v.summary}" for v in VARIANCE_REDUCTIONS.values()] + [""]
+
+
+for _name, _order, _render in (
+    ("header", 0, _header),
+    ("regression", 10, lambda c: _regression_section(c.out_dir)),
+    ("biased", 20, _biased_section),
+    ("choice", 30, _choice_section),
+    ("workloads", 40, lambda c: workload_sections(c.workloads, c.skipped, c.out_dir)),
+    ("problems", 50, _problem_sections),
+    ("sweeps", 60, _sweeps_section),
+    ("failed", 70, _failed_section),
+    ("environment", 80, _environment_section),
+):
+    SECTIONS.register(_name, Section(_order, _render))
+for _name, _order, _draw in (
+    ("variance_vs_n", 10, _variance_vs_n),
+    ("variance_vs_theta", 20, _variance_vs_theta),
+    ("bias", 30, _bias_plot),
+    ("cost", 40, _cost_plot),
+    ("relaxation_bias", 50, _relaxation_plot),
+):
+    PLOTS.register(_name, ProblemPlot(_order, _draw))
 
 
 def _figure(path: Path, rows: pd.DataFrame | None = None, column: str | None = None) -> list[str]:

@@ -1,6 +1,6 @@
 """The report's section on real workloads: variance along training and a work-normalised ranking per checkpoint.
 
-A workload row summarises a gradient *vector* (see results/README.md): grad_var is the mean per-coordinate
+A workload row summarises a gradient *vector* (docs/schema.md): grad_var is the mean per-coordinate
 variance, grad_var_max the largest, grad_norm_var the variance of ‖ĝ‖, bias the norm of the bias vector and
 bias_z the worst coordinate's z (Bonferroni-corrected p-value).
 """
