@@ -25,13 +25,13 @@ import torch
 from scipy import stats
 
 from estimators import PROBLEMS, Estimator, EstimatorError, Problem, estimate, get_estimator, make_problem
+from estimators.variance_reduction import compose
 
 from .statistics import BIAS_ALPHA, rounding_resolution, summarize_vector
 
 CHECK_SAMPLES = 10
 CHECK_REPLICATES = 4000
 WORKLOAD_REPLICATES = 400  # a workload's estimate is a whole gradient vector over a data set
-CHECKED_TAGS = ("seed", "gaussian", "implicit", "discrete", "diagonal_gaussian", "workload")
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,15 @@ def example_points() -> list[CheckPoint]:
     """One point per shipped problem family and parameter it can be taken w.r.t.: the family's default parameters
     at a valid θ (a workload: at its middle default checkpoint, the problem the estimators see there)."""
     points = []
-    for tag in CHECKED_TAGS:
-        for name in PROBLEMS.names(tag):
-            family = PROBLEMS.get(name)
-            for wrt in family.wrt_choices:
-                problem = make_problem(name, wrt)
-                if problem.workload is None:
-                    points.append(CheckPoint(problem, problem.valid_theta()))
-                else:
-                    step = problem.workload.checkpoints[len(problem.workload.checkpoints) // 2]
-                    points.append(CheckPoint(problem.at(step), float(step)))
+    for name in PROBLEMS.names(exclude=("user", "plugin")):  # every shipped family, whatever its tag
+        family = PROBLEMS.get(name)
+        for wrt in family.wrt_choices:
+            problem = make_problem(name, wrt)
+            if problem.workload is None:
+                points.append(CheckPoint(problem, problem.valid_theta()))
+            else:
+                step = problem.workload.checkpoints[len(problem.workload.checkpoints) // 2]
+                points.append(CheckPoint(problem.at(step), float(step)))
     return points
 
 
@@ -80,17 +79,23 @@ def check_estimator(name: str, *, seed: int = 0, n_samples: int = CHECK_SAMPLES,
     """The check's table for estimator ``name`` (shipped, a plug-in, or ``module:attribute``)."""
     estimator = get_estimator(name)
     points = example_points()
-    applicable = [p for p in points if estimator.skip_reason(p.problem, n_samples) is None]
+    applicable = [p for p in points if _skip_reason(estimator, p, n_samples) is None]
     tested_for_bias = [p for p in applicable if _tests_bias(estimator, p)]
     critical = float(stats.norm.isf(BIAS_ALPHA / 2 / max(len(tested_for_bias), 1)))
     rows = []
     for point in points:
-        reason = estimator.skip_reason(point.problem, n_samples)
+        reason = _skip_reason(estimator, point, n_samples)
         if reason is not None:
             rows.append(CheckRow(point.label, f"no: {reason}"))
             continue
         rows.append(_check_point(estimator, point, seed, n_samples, replicates, critical, point in tested_for_bias))
     return rows
+
+
+def _skip_reason(estimator: Estimator, point: CheckPoint, n_samples: int) -> str | None:
+    """Why the estimator does not run at the point, as a sweep would decide it (``compose`` with no scheme)."""
+    reason = compose("none", estimator, point.problem, n_samples)
+    return reason if isinstance(reason, str) else None
 
 
 def _tests_bias(estimator: Estimator, point: CheckPoint) -> bool:

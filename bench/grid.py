@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators import (ESTIMATORS, VARIANCE_REDUCTIONS, EstimatorError, Method, Problem, estimate, get_estimator,
+from estimators import (ESTIMATORS, EstimatorError, Method, Problem, estimate, get_estimator,
                         get_variance_reduction, make_problem)  # fmt: skip
 
 from .environment import resolve_devices
@@ -32,6 +32,7 @@ def default_estimators() -> tuple[str, ...]:
 
 # The presets name their estimators, so a newly registered estimator joins no preset (and changes no committed
 # baseline) until it is added here. The finite-difference reference runs in its own sweeps (_dimension_sweeps).
+PRESET_SCHEMES = ("none", "antithetic", "qmc", "optimal_baseline", "delta_cv")
 PRESET_ESTIMATORS = ("naive", "score_function", "score_function_loo", "pathwise", "measure_valued", "arm", "disarm",
                      "gumbel_softmax", "straight_through", "rebar", "relax")  # fmt: skip
 
@@ -289,7 +290,7 @@ def _variance_reduction_sweeps(**common) -> list[Sweep]:
     ]
     common = {**common, "estimators": ("score_function", "pathwise")}
     common.pop("n_samples", None)
-    without_qmc = tuple(v for v in VARIANCE_REDUCTIONS if v != "qmc")
+    without_qmc = tuple(v for v in PRESET_SCHEMES if v != "qmc")
     sweeps = []
     for problem, wrt, params, theta in cells:
         sweeps.append(Sweep(problem, thetas=(theta,), wrt=wrt, params=params, **common,
@@ -301,7 +302,7 @@ def _variance_reduction_sweeps(**common) -> list[Sweep]:
 
 def _variance_reduction_sweeps_full(**common) -> list[Sweep]:
     """Every estimator under every scheme on both wrt of each Gaussian cost and on the seed problem, N up to 1000."""
-    common = {**common, "n_samples": (10, 100, 1000), "variance_reductions": tuple(VARIANCE_REDUCTIONS)}
+    common = {**common, "n_samples": (10, 100, 1000), "variance_reductions": PRESET_SCHEMES}
     sweeps = [Sweep("seed_dependent", thetas=(1.0, 3.0), **common)]
     for name in ("gaussian_quadratic", "gaussian_exp", "gaussian_cos"):
         sweeps.append(Sweep(name, thetas=(0.0, 1.0), wrt="mu", params={"k": (1.0,), "sigma": (1.0,)}, **common))

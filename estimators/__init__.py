@@ -10,7 +10,7 @@ A user's problem or estimator goes through the same registries: ``custom_problem
 module named ``module:attribute``, or an installed plug-in's entry point.
 """
 
-from .core.estimator import Estimator, EstimatorError, Method, custom_estimator, describe
+from .core.estimator import Estimator, EstimatorError, Method, ParameterRange, custom_estimator, describe
 from .core.problem import Problem, ProblemError, ProblemFamily, custom_problem
 from .core.registry import Registry
 from .engine import estimate
@@ -24,6 +24,7 @@ __all__ = [
     "EstimatorError",
     "Method",
     "PEER_STATUS",
+    "ParameterRange",
     "PROBLEMS",
     "Problem",
     "ProblemError",

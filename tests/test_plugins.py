@@ -44,6 +44,18 @@ USER_MODULE = textwrap.dedent('''
 
 
     wrong_shape = custom_estimator("wrong_shape", flat)
+
+
+    def scaled_pathwise(problem, theta, n_samples, scale):
+        """pathwise times a user option: biased unless scale = 1."""
+        return scale * my_pathwise(problem, theta, n_samples)
+
+
+    from estimators import ParameterRange
+
+    scaled = custom_estimator("scaled", scaled_pathwise, applies=needs_rsample, coupled_samples=True,
+                              parameters={"scale": 1.0},
+                              parameter_ranges={"scale": ParameterRange("a multiplier", low=0.0)})
 ''')
 
 
@@ -74,20 +86,29 @@ def _check_user_rows(table: pd.DataFrame) -> None:
     assert rows.loc["mod:biased", "grad_mean"] - 84 == pytest.approx(3 * 0.5 * 2, abs=0.5)  # ∂(0.5θ²)/∂θ = θ = 3
 
 
-def test_a_user_s_estimators_run_beside_the_shipped_ones(user_folder):
+@pytest.fixture(scope="module")
+def local_run(user_folder) -> pd.DataFrame:
     result = varbench([*RUN, "--out", "local"], user_folder)
     assert result.returncode == 0, result.stderr
-    _check_user_rows(pd.read_csv(user_folder / "local" / "table.csv"))
+    return pd.read_csv(user_folder / "local" / "table.csv")
+
+
+def test_a_user_s_estimators_run_beside_the_shipped_ones(user_folder, local_run):
+    _check_user_rows(local_run)
     report = (user_folder / "local" / "report.md").read_text()
     assert "**mod:biased** on `seed_dependent`" in report
     assert "tie: pathwise, mod:mine" in report or "tie: mod:mine, pathwise" in report
 
 
-def test_a_user_s_estimators_run_on_an_embedded_dask_cluster(user_folder):
+def test_a_user_s_estimators_give_identical_statistics_on_an_embedded_dask_cluster(user_folder, local_run):
     pytest.importorskip("distributed")
     result = varbench([*RUN, "--out", "dask", "--no-report", "--executor", "dask", "--workers", "2"], user_folder)
     assert result.returncode == 0, result.stderr
-    _check_user_rows(pd.read_csv(user_folder / "dask" / "table.csv"))
+    dask_run = pd.read_csv(user_folder / "dask" / "table.csv")
+    _check_user_rows(dask_run)
+    statistics = ["seed", "n_replicates", "grad_mean", "grad_var", "bias_z", "biased"]
+    local, remote = (t.set_index("estimator").sort_index()[statistics] for t in (local_run, dask_run))
+    pd.testing.assert_frame_equal(local, remote)  # the cell's seed fixes every draw, wherever it runs
 
 
 def test_check_passes_a_correct_estimator_and_names_where_a_biased_one_fails(user_folder):
@@ -114,6 +135,34 @@ def test_an_unknown_user_estimator_says_what_is_wrong(user_folder):
     result = varbench(["run", "--problem", "seed_dependent", "--estimator", "mod:nothing", "--out", "never"], user_folder)
     assert result.returncode == 2 and result.stderr.strip() == (
         "varbench: error: estimator mod:nothing: module 'mod' has no attribute 'nothing'")
+
+
+def test_a_bare_surrogate_function_is_refused_in_one_line_saying_how_to_wrap_it(user_folder):
+    result = varbench(["run", "--problem", "seed_dependent", "--estimator", "mod:my_pathwise", "--out", "never"],
+                      user_folder)  # fmt: skip
+    assert result.returncode == 2 and not (user_folder / "never").exists()
+    assert result.stderr.strip().splitlines() == [
+        "varbench: error: estimator mod:my_pathwise: must be an Estimator (build it with estimators.custom_estimator), "
+        "got function (a surrogate function? wrap it: estimators.custom_estimator(name, surrogate))"]
+
+
+def test_a_user_s_declarations_reach_the_sweep_options_ranges_and_coupled_sampling(user_folder):
+    bad = varbench(["run", "--problem", "seed_dependent", "--estimator", "mod:scaled", "--estimator-param",
+                    "scale=-1", "--out", "never"], user_folder)  # fmt: skip
+    assert bad.returncode == 2 and not (user_folder / "never").exists()
+    assert bad.stderr.strip() == ("varbench: error: parameter scale of estimator mod:scaled (a multiplier) must be a "
+                                  "number > 0, got -1")  # fmt: skip
+    run = varbench(["run", "--problem", "seed_dependent", "--theta", "3", "--estimator", "mod:scaled",
+                    "--estimator-param", "scale=1,2", "--variance-reduction", "none,antithetic", "--n", "10",
+                    "--replicates", "2000", "--no-progress", "--no-report", "--out", "declared"], user_folder)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    table = pd.read_csv(user_folder / "declared" / "table.csv")
+    assert (table["status"] == "ok").all() and len(table) == 4, table[["method", "status", "note"]]
+    biased = table.set_index("method")["biased"]
+    assert set(biased.index) == {"mod:scaled[scale=1]", "mod:scaled[scale=2]", "mod:scaled[scale=1]+antithetic",
+                                 "mod:scaled[scale=2]+antithetic"}  # fmt: skip
+    assert biased["mod:scaled[scale=2]"] and biased["mod:scaled[scale=2]+antithetic"]  # 168 against 84: far outside
+    assert not biased["mod:scaled[scale=1]"] and not biased["mod:scaled[scale=1]+antithetic"]
 
 
 def test_an_installed_plug_in_registers_by_name_in_every_process(tmp_path):

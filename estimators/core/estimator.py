@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 from torch import Tensor
 
 from .problem import Problem, resolve_parameters
+from .registry import call_if_factory
 
 # surrogate(problem, theta, n_samples, **options) -> Tensor[n_samples, *theta.shape] or summed, [*theta.shape]
 Surrogate = Callable[..., Tensor]
@@ -116,19 +117,42 @@ def custom_estimator(
     unbiased: bool | Callable[[Problem], bool] = True,
     cost_evaluations: int | Callable[[Problem], int] = 1,
     parameters: Mapping[str, float] | None = None,
+    parameter_ranges: Mapping[str, ParameterRange] | None = None,
     applies: Callable[[Problem, int], str | None] | None = None,
+    coupled_samples: bool = False,
+    samples_independent: bool = True,
+    work_depends_on_theta: bool = False,
+    vector_theta: bool = True,
+    parallel_safe: bool = False,
     summary: str = "",
 ) -> Estimator:
     """An ``Estimator`` from a user's surrogate (the shipped estimators' signature, see this module's docstring).
 
     ``unbiased`` and ``cost_evaluations`` are values or functions of the problem; ``parameters`` the estimator's
-    own options with their defaults; ``applies(problem, n_samples)`` returns why it does not apply there, or
-    None. Put it in a module and name it ``--estimator module:attribute``; ``varbench check module:attribute``
-    checks it against the shipped problems."""
+    own options with their defaults, ``parameter_ranges`` the values each may take (``ParameterRange``);
+    ``applies(problem, n_samples)`` returns why it does not apply there, or None. The flags are the ``Estimator``
+    fields of the same meaning: ``coupled_samples`` admits antithetic and QMC sampling (every sample drawn through
+    ``problem.distribution(θ)``, each term depending on its own sample only); ``samples_independent`` lets a huge
+    N be split across calls; ``work_depends_on_theta`` times each θ on its own; ``vector_theta`` runs it on
+    workloads; ``parallel_safe`` lets calls run concurrently. Put it in a module and name it
+    ``--estimator module:attribute``; ``varbench check module:attribute`` checks it against the shipped problems."""
     if not name or not isinstance(name, str):
         raise EstimatorError(f"an estimator needs a name, got {name!r}")
     if not callable(surrogate):
         raise EstimatorError(f"estimator {name}: surrogate must be callable, got {type(surrogate).__name__}")
+    parameters = dict(parameters or {})
+    parameter_ranges = dict(parameter_ranges or {})
+    unknown = sorted(set(parameter_ranges) - set(parameters))
+    if unknown:
+        raise EstimatorError(f"estimator {name}: parameter_ranges names {', '.join(unknown)}, which parameters does "
+                             f"not declare (declared: {', '.join(parameters) or 'none'})")  # fmt: skip
+    for key, allowed in parameter_ranges.items():
+        if not isinstance(allowed, ParameterRange):
+            raise EstimatorError(f"estimator {name}: parameter_ranges[{key!r}] must be a ParameterRange, got "
+                                 f"{type(allowed).__name__}")  # fmt: skip
+        if not allowed.admits(parameters[key]):
+            raise EstimatorError(f"estimator {name}: the default {key}={parameters[key]:g} is outside its range, "
+                                 f"{allowed.describe()}")  # fmt: skip
     return Estimator(
         name=name,
         surrogate=surrogate,
@@ -136,19 +160,27 @@ def custom_estimator(
         skip_reason=applies or _always,
         cost_evaluations=cost_evaluations if callable(cost_evaluations) else (lambda problem: int(cost_evaluations)),
         unbiased_for=unbiased if callable(unbiased) else (lambda problem: bool(unbiased)),
-        parameters=dict(parameters or {}),
+        parameters=parameters,
+        parameter_ranges=parameter_ranges,
+        samples_independent=bool(samples_independent),
+        coupled_samples_reason=None if coupled_samples else Estimator.coupled_samples_reason,
+        parallel_safe=bool(parallel_safe),
+        work_depends_on_theta=bool(work_depends_on_theta),
+        vector_theta=bool(vector_theta),
     )
 
 
 def adopt_estimator(obj: object, name: str) -> Estimator:
-    """A user's estimator (an ``Estimator``, or a function returning one), named ``name``: its ``module:attribute``
-    spec or entry-point name, so that a cell naming it is rebuilt in any process."""
+    """A user's estimator (an ``Estimator``, or a function of no arguments returning one), named ``name``: its
+    ``module:attribute`` spec or entry-point name, so that a cell naming it is rebuilt in any process."""
     import dataclasses  # noqa: PLC0415 - only for this rename
 
-    estimator = obj() if callable(obj) and not isinstance(obj, Estimator) else obj
+    estimator = call_if_factory(obj, name, "estimator", EstimatorError)
     if not isinstance(estimator, Estimator):
+        hint = (" (a surrogate function? wrap it: estimators.custom_estimator(name, surrogate))"
+                if callable(estimator) else "")  # fmt: skip
         raise EstimatorError(f"estimator {name}: must be an Estimator (build it with estimators.custom_estimator), "
-                             f"got {type(estimator).__name__}")  # fmt: skip
+                             f"got {type(estimator).__name__}{hint}")  # fmt: skip
     return dataclasses.replace(estimator, name=name)
 
 

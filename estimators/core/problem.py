@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .registry import call_if_factory
+
 
 class ProblemError(ValueError):
     """A problem name, parameter or θ that is not allowed; the message says what is."""
@@ -296,9 +298,9 @@ def check_user_problem(problem: Problem) -> tuple[bool, bool]:
 
 
 def adopt_problem(obj: object, name: str) -> ProblemFamily:
-    """A user's problem (a ``Problem``, or a function returning one) as a family of one problem named ``name``
+    """A user's problem (a ``Problem``, or a function of no arguments returning one) as a family of one problem named ``name``
     (its ``module:attribute`` spec or entry-point name, so that a cell naming it is rebuilt anywhere)."""
-    problem = obj() if callable(obj) and not isinstance(obj, (Problem, ProblemFamily)) else obj
+    problem = call_if_factory(obj, name, "problem", ProblemError)
     if isinstance(problem, ProblemFamily):
         return dataclasses.replace(problem, name=name)
     if not isinstance(problem, Problem):

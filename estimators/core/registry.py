@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -30,6 +31,26 @@ def import_user_module(module_name: str):
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     return importlib.import_module(module_name)
+
+
+def call_if_factory(obj: object, name: str, kind: str, error: type[ValueError]) -> object:
+    """``obj`` itself, or what it returns when it is a factory: a class or function callable with no arguments.
+    A callable that needs arguments (a bare surrogate, say) is returned as it is, for the caller to refuse."""
+    if not callable(obj) or not (isinstance(obj, type) or inspect.isfunction(obj) or inspect.ismethod(obj)):
+        return obj
+    try:
+        inspect.signature(obj).bind()
+    except TypeError:
+        return obj  # needs arguments: not a factory
+    except ValueError:
+        return obj  # no signature to inspect (a builtin)
+    try:
+        return obj()
+    except error:
+        raise
+    except Exception as failure:  # noqa: BLE001 - the user's factory failed; say so in one line
+        raise error(f"{kind} {name}: calling {getattr(obj, '__name__', obj)}() to build it failed "
+                    f"({type(failure).__name__}: {failure})") from None  # fmt: skip
 
 
 class Registry(Generic[T]):

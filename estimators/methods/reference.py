@@ -53,8 +53,8 @@ def _needs_location_scale(problem: Problem, n_samples: int) -> str | None:
     probe = problem.example_distribution()
     if diagonal_gaussian(probe) is None:
         return (
-            "common random numbers need an explicit location–scale sampler x = m_θ + s_θ ε (Gaussians); "
-            f"{type(probe).__name__} is sampled implicitly, so its draws at θ ± h cannot share ε"
+            "common random numbers need a location–scale sampler x = m_θ + s_θ ε (a Gaussian), so that the draws at "
+            f"θ ± h share ε; {type(probe).__name__} has none"
         )
     return None
 

@@ -18,7 +18,7 @@ class VarianceReductionError(ValueError):
 
 VARIANCE_REDUCTIONS: Registry[VarianceReduction] = Registry("variance reduction", VarianceReductionError)
 for _scheme in SCHEMES:
-    VARIANCE_REDUCTIONS.register(_scheme.name, _scheme, "sampling" if _scheme.name in ("antithetic", "qmc") else "formula")
+    VARIANCE_REDUCTIONS.register(_scheme.name, _scheme, _scheme.kind)
 
 
 def get_variance_reduction(name: str) -> VarianceReduction:

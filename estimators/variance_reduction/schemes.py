@@ -42,6 +42,8 @@ class VarianceReduction:
     summary: str
     # (estimator, problem, N) -> the surrogate to run, or a string saying why the scheme does not apply.
     compose: Callable[[Estimator, Problem, int], Union[Surrogate, str]]
+    # "sampling" (draws the samples another way), "formula" (changes the estimator's formula) or "none".
+    kind: str = "formula"
 
 
 def _plain(estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
@@ -266,17 +268,19 @@ def _compose_delta_cv(estimator: Estimator, problem: Problem, n_samples: int) ->
 
 
 SCHEMES: tuple[VarianceReduction, ...] = (
-    VarianceReduction("none", "plain Monte Carlo: the estimator as it is", _plain),
+    VarianceReduction("none", "plain Monte Carlo: the estimator as it is", _plain, kind="none"),
     VarianceReduction(
         "antithetic",
         "pairs (ε, −ε) of Gaussian noise, x = μ + σε; estimators that admit coupled samples; Gaussians; N even",
         _sampling_scheme("antithetic", antithetic_standard_normal, needs_even_n=True),
+        kind="sampling",
     ),
     VarianceReduction(
         "qmc",
         "randomised QMC: ε = Φ⁻¹(u), u scrambled Sobol (one coordinate per replicate); estimators that admit coupled "
         "samples; Gaussians; best at N = 2^k; samples of one estimate are dependent",
         _sampling_scheme("qmc", scrambled_sobol_standard_normal, needs_even_n=False),
+        kind="sampling",
     ),
     VarianceReduction(
         "optimal_baseline",
