@@ -25,6 +25,7 @@ import torch
 from scipy import stats
 
 from estimators import PROBLEMS, Estimator, EstimatorError, Problem, estimate, get_estimator, make_problem
+from estimators.variance_reduction import compose
 
 from .statistics import BIAS_ALPHA, rounding_resolution, summarize_vector
 
@@ -75,17 +76,24 @@ class CheckRow:
         return any(value.startswith("FAIL") for value in (self.shape, self.deterministic, self.finite, self.unbiased))
 
 
+def skip_reason(estimator: Estimator, problem: Problem, n_samples: int) -> str | None:
+    """Why ``estimator`` does not run on ``problem`` at N, as a sweep decides it (``compose``: the estimator's own
+    reason, or a scalar-θ estimator on a workload), or None where it runs."""
+    reason = compose("none", estimator, problem, n_samples)
+    return reason if isinstance(reason, str) else None
+
+
 def check_estimator(name: str, *, seed: int = 0, n_samples: int = CHECK_SAMPLES,
                     replicates: int = CHECK_REPLICATES) -> list[CheckRow]:  # fmt: skip
     """The check's table for estimator ``name`` (shipped, a plug-in, or ``module:attribute``)."""
     estimator = get_estimator(name)
     points = example_points()
-    applicable = [p for p in points if estimator.skip_reason(p.problem, n_samples) is None]
+    applicable = [p for p in points if skip_reason(estimator, p.problem, n_samples) is None]
     tested_for_bias = [p for p in applicable if _tests_bias(estimator, p)]
     critical = float(stats.norm.isf(BIAS_ALPHA / 2 / max(len(tested_for_bias), 1)))
     rows = []
     for point in points:
-        reason = estimator.skip_reason(point.problem, n_samples)
+        reason = skip_reason(estimator, point.problem, n_samples)
         if reason is not None:
             rows.append(CheckRow(point.label, f"no: {reason}"))
             continue
