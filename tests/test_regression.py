@@ -21,6 +21,8 @@ from bench.grid import Sweep, expand
 from bench.table import COLUMNS, TABLE_NAME, append_rows
 from estimators import ESTIMATORS
 
+REPO = Path(__file__).resolve().parent.parent
+
 # A small grid with a heavy-tailed estimator (score function at θ = 3), a biased one (naive), the coupled MVD
 # and a smooth Gaussian cost: 6 cells.
 GRID = expand([
@@ -153,25 +155,28 @@ def test_cells_with_an_infinite_variance_are_reported_not_tested():
 
 
 # --------------------------------------------------------------------------------------------------------
-# Speed: real pytest-benchmark runs of bench/speed_benchmarks.py, one benchmark each.
+# Speed: real pytest-benchmark runs of bench/regression/speed_benchmarks.py, one benchmark each.
 
 
 @pytest.fixture(scope="module")
 def speed_runs(tmp_path_factory):
     """Baseline, unchanged and twice-slower runs of one benchmark, their processes interleaved.
 
-    Interleaved (base, same, slow, then rotated) because the gate compares runs recorded at different times,
-    and a test that ran all of one before the other measured the machine's drift, not the code: on a shared
-    CI machine, five back-to-back base processes came out 1.6x slower than the five that followed them."""
+    Twice slower: the benchmark process loads the test-only plugin tests/slower_estimates.py, with which every
+    estimate does its work twice. Interleaved (base, same, slow, then rotated) because the gate compares runs
+    recorded at different times, and a test that ran all of one before the other measured the machine's drift,
+    not the code: on a shared CI machine, five back-to-back base processes came out 1.6x slower than the five
+    that followed them."""
     folder = tmp_path_factory.mktemp("speed")
     select = ("-k", "pathwise and seed_dependent")
-    env = dict(os.environ, VARBENCH_CALLS_PER_ROUND="1")
-    envs = {"base": env, "same": env, "slow": dict(env, VARBENCH_CALLS_PER_ROUND="2")}  # 2 calls per timed round
-    runs: dict[str, list[dict]] = {name: [] for name in envs}
-    names = list(envs)
-    for repeat in range(regression.SPEED_REPEATS):
-        for name in names[repeat % 3 :] + names[: repeat % 3]:
-            runs[name].append(regression.run_speed_process(folder / f"{name}.json", repeat, extra_args=select, env=envs[name]))
+    args = {"base": select, "same": select, "slow": (*select, "-p", "tests.slower_estimates")}
+    runs: dict[str, list[dict]] = {name: [] for name in args}
+    names = list(args)
+    with pytest.MonkeyPatch.context() as patch:  # the benchmark processes import the plugin from this checkout
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        for repeat in range(regression.SPEED_REPEATS):
+            for name in names[repeat % 3 :] + names[: repeat % 3]:
+                runs[name].append(regression.run_speed_process(folder / f"{name}.json", repeat, extra_args=args[name]))
     return tuple(regression.merge_speed_runs(runs[name]) for name in names)
 
 
