@@ -14,10 +14,9 @@ import pytest
 import torch
 
 from bench import cli, measure
-from bench.report import plots
 from bench.table import COLUMNS, load_table
-from bench.grid import default_estimators
 from estimators import ESTIMATORS, make_problem
+from tests.helpers import is_blank
 
 REPO = Path(__file__).resolve().parent.parent
 # The five original estimators, so the counts below do not change when estimators are added.
@@ -76,7 +75,7 @@ def test_report_flags_naive_as_biased_and_draws_non_blank_plots(tiny_run):
     assert len(images) >= 4
     for name in images:
         assert (tiny_run / name).exists(), name
-        assert not plots.is_blank(tiny_run / name), name
+        assert not is_blank(tiny_run / name), name
 
 
 def test_report_says_when_the_best_estimator_is_exact_rather_than_a_huge_ratio(tmp_path, capsys):
