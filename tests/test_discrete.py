@@ -122,9 +122,11 @@ def test_bernoulli_multi_with_default_targets_has_an_exactly_zero_gradient_from_
     problem = make_problem("bernoulli_multi")
     for theta in (-2.0, 0.0, 1.0):
         assert problem.gradient(theta) == 0.0
-        # Each coordinate alone has a non-zero gradient p(1−p)(1 − 2t_d)/4; they cancel.
+        # Each coordinate alone has a non-zero gradient p(1−p)(1 − 2t_d)/4 (bernoulli_toy's, over 4); they cancel.
         p = sigmoid(theta)
-        assert p * (1 - p) * (1 - 2 * 0.49) / 4 != 0
+        for target in (0.49, 0.499, 0.501, 0.51):
+            alone = make_problem("bernoulli_toy", params={"t": target}).gradient(theta)
+            assert alone == pytest.approx(p * (1 - p) * (1 - 2 * target), rel=1e-12) and alone != 0
 
 
 def test_discrete_problems_validate_their_parameters():
