@@ -22,12 +22,25 @@ from scipy import integrate, stats
 from torch.distributions import Bernoulli, Independent
 
 from bench.statistics import summarize_vector
-from estimators import EstimatorError, ProblemError, estimate, get_estimator, make_problem
+from estimators import ESTIMATORS, EstimatorError, ProblemError, estimate, get_estimator, make_problem
+from estimators.variance_reduction import compose
 from estimators.workloads import bayes_logreg, discrete_vae
 
 REPO = Path(__file__).resolve().parents[1]
 LOGREG_PROBLEM, VAE_PROBLEM = make_problem("bayes_logreg"), make_problem("discrete_vae")
 LOGREG, VAE = LOGREG_PROBLEM.workload, VAE_PROBLEM.workload
+
+
+def unbiased_estimators(problem, steps) -> list[str]:
+    """Every registered estimator declared unbiased on the workload that runs there (the pipeline's rule, compose):
+    the registry decides, so a new estimator is tested here without editing this file."""
+    names = []
+    for name in ESTIMATORS.names(exclude=("user", "plugin")):
+        points = [problem.at(step) for step in steps]
+        if all(ESTIMATORS[name].unbiased_for(p) and not isinstance(compose("none", ESTIMATORS[name], p, 10), str)
+               for p in points):  # fmt: skip
+            names.append(name)
+    return names
 
 
 def estimate_method(problem, method: str, step, n, m, **options):
@@ -152,11 +165,11 @@ def test_training_improves_both_objectives():
 # Estimators against the ground truths
 
 
-@pytest.mark.parametrize("estimator", ["pathwise", "score_function", "score_function_loo", "score_function+delta_cv",
-                                       "measure_valued"])  # fmt: skip
+# The unbiased estimators, and the score function with the delta-method control variate as an example of a scheme.
+@pytest.mark.parametrize("estimator", [*unbiased_estimators(LOGREG_PROBLEM, (0, 500)), "score_function+delta_cv"])
 @pytest.mark.parametrize("step", [0, 500])
 def test_logreg_estimators_are_unbiased(estimator, step):
-    m = 100 if estimator == "measure_valued" else 400
+    m = 100 if estimator == "measure_valued" else 400  # measure_valued evaluates the cost twice per coordinate of φ
     summary = _vector_summary(LOGREG, estimator, step, 10, m, seed=step + 11).summary
     assert not summary.biased, (summary.bias_z, summary.bias_p_value)
 
@@ -169,7 +182,7 @@ def test_logreg_bias_test_catches_an_estimator_that_drops_the_score_term():
     assert summary.biased and summary.bias > 0.5 * summary.mean
 
 
-@pytest.mark.parametrize("estimator", ["score_function", "score_function_loo", "arm", "disarm", "rebar", "relax"])
+@pytest.mark.parametrize("estimator", unbiased_estimators(VAE_PROBLEM, (0, 300)))
 @pytest.mark.parametrize("step", [0, 300])
 def test_vae_unbiased_estimators_are_not_flagged(estimator, step):
     summary = _vector_summary(VAE, estimator, step, 10, 200, seed=step + 5).summary
