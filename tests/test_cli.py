@@ -272,6 +272,7 @@ def test_the_dask_executor_without_dask_installed_says_how_to_install_it(tmp_pat
     assert not (tmp_path / "table.csv").exists()
 
 
+@pytest.mark.integration
 def test_core_modules_import_without_dask():
     code = ("import sys; sys.modules['distributed'] = sys.modules['dask'] = None; "
             "import bench.cli, bench.sweep, bench.executors, bench.regression; print('ok')")  # fmt: skip
@@ -318,6 +319,7 @@ def test_list_names_every_problem_and_estimator(capsys):
         assert re.search(rf"^\s+{name}\s", out, re.M), name
 
 
+@pytest.mark.integration
 def test_python_dash_m_bench_is_the_same_cli_and_prints_no_traceback():
     result = subprocess.run(
         [sys.executable, "-m", "bench", "run", "--problem", "seed_dependent", "--theta", "nan"],

@@ -45,6 +45,7 @@ def seed_for(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "big")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, point", CASES, ids=[f"{name}-{point.problem.name}-{point.problem.wrt}" for name, point in CASES])
 def test_every_estimator_passes_the_check_at_every_example_point_it_applies_to(name, point):
     estimator = ESTIMATORS[name]

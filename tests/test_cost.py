@@ -154,6 +154,7 @@ def variants(monkeypatch):
         monkeypatch.setitem(ESTIMATORS, name, _variant(name, surrogate))
 
 
+@pytest.mark.slow
 def test_verdicts_survive_noisy_calls_and_see_real_cost_and_name_only_differences(variants, tmp_path):
     sweep = Sweep("seed_dependent", thetas=(1.0, 3.0), n_samples=(100,),
                   estimators=("pathwise", "pathwise_twin", "pathwise_thrice", "pathwise_noisy", "score_function"))  # fmt: skip

@@ -137,6 +137,7 @@ def test_measure_valued_spends_one_pair_on_the_one_coordinate_theta_moves():
 # Estimators.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator, name, dim, theta", UNBIASED_CASES)
 def test_unbiased_estimators_are_unbiased_in_d_dimensions(estimator, name, dim, theta):
     problem = problem_for(name, dim)
@@ -148,6 +149,7 @@ def test_unbiased_estimators_are_unbiased_in_d_dimensions(estimator, name, dim, 
     assert abs(z) < Z_CRIT, f"{estimator} mean {x.mean():.6g} vs exact {problem.gradient(theta):.6g} (z = {z:.2f})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", INDEPENDENT_SAMPLE)
 @pytest.mark.parametrize("name, dim", VARIANCE_CASES)
 def test_per_sample_variance_matches_exact(estimator, name, dim):

@@ -157,6 +157,7 @@ def test_discrete_problems_validate_their_parameters():
 # Unbiasedness.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, options, problem_name, params, theta", UNBIASED_CASES)
 def test_unbiased_estimators_are_unbiased_on_discrete_problems(name, options, problem_name, params, theta):
     problem = make_problem(problem_name, params=params)
@@ -203,6 +204,7 @@ def exact_relaxation_mean_by_quadrature(problem, theta: float, temperature: floa
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["gumbel_softmax", "straight_through"])
 @pytest.mark.parametrize("name, params, theta, temperature", RELAXED)
 def test_relaxation_bias_matches_its_exact_value(estimator, name, params, theta, temperature):

@@ -112,6 +112,7 @@ def test_exact_variances_of_the_seed_problem_match_the_design_card():
 # Bias.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, problem, theta", UNBIASED_CASES)
 def test_unbiased_estimators_are_unbiased(name, problem, theta):
     x = draw(name, problem, theta, N_BIAS, 20_000, seed_for(name, problem.label, theta))
@@ -151,6 +152,7 @@ def test_naive_returns_zero_when_theta_only_enters_the_distribution():
 # Variance.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", INDEPENDENT_SAMPLE)
 @pytest.mark.parametrize("problem, theta", CASES)
 def test_per_sample_variance_matches_exact_quadrature(name, problem, theta):
@@ -228,6 +230,7 @@ def test_estimates_are_reproducible():
 SAMPLE_BYTES = WORKING_VALUES_PER_SAMPLE * 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n, budget_samples, name", [
     (100, 1000, "pathwise"),  # replicates split: 10 per call
     (1000, 300, "pathwise"),  # one estimate's samples split: partial sums of 300, 300, 300, 100

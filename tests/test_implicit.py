@@ -172,6 +172,7 @@ def test_closed_forms_at_known_values():
 # Estimators.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, problem, theta", UNBIASED_CASES)
 def test_unbiased_estimators_are_unbiased_through_implicit_reparameterisation(name, problem, theta):
     torch.manual_seed(seed_for(name, problem.label, theta))

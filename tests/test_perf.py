@@ -26,6 +26,7 @@ def test_the_hand_written_loop_computes_the_same_estimator():
     assert abs(math.log(np.var(x, ddof=1) * 10 / 1314)) < Z * variance_relative_se(kurtosis(x), x.size)
 
 
+@pytest.mark.integration
 def test_memory_probe_runs_a_cell_in_a_fresh_process_and_reports_its_statistics():
     case = ("seed_dependent", "theta", {}, 3.0)
     n, m = 1000, 2000
@@ -39,6 +40,7 @@ def test_memory_probe_runs_a_cell_in_a_fresh_process_and_reports_its_statistics(
     assert abs(math.log(1314 / n / math.sqrt(low * high))) < Z * math.log(high / low) / (2 * Z95), result.var_ci
 
 
+@pytest.mark.integration
 def test_perf_run_writes_every_section_and_a_report(tmp_path):
     config = perf.PerfConfig(floor_samples=1 << 14, loop_ns=(10, 1000), loop_replicates=20,
                              memory_cells=((10, 100),), billion=False, min_run_time=0.01,

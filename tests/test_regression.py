@@ -54,6 +54,7 @@ def independent_run_pairs():
     return [(measure_grid(2 * i + 1000), measure_grid(2 * i + 1001)) for i in range(RUNS)]
 
 
+@pytest.mark.slow
 def test_unchanged_code_false_alarm_rate_is_at_most_nominal(independent_run_pairs):
     # Gate as shipped: a run raises an alarm if any cell regresses on any metric. Holm keeps each metric's
     # family-wise rate at ALPHA, so at most 2·ALPHA per run (variance + bias); allow binomial noise at 99.9%.
@@ -63,6 +64,7 @@ def test_unchanged_code_false_alarm_rate_is_at_most_nominal(independent_run_pair
     assert alarms <= stats.binom.ppf(0.999, RUNS, 2 * regression.ALPHA), alarms
 
 
+@pytest.mark.slow
 def test_variance_test_is_calibrated_per_cell(independent_run_pairs):
     # Without the minimum effect and at a loose level, the one-sided variance test must reject about alpha of
     # the time: not more (false alarms), and not far less (a test that never fires is no test).
@@ -180,6 +182,7 @@ def speed_runs(tmp_path_factory):
     return tuple(regression.merge_speed_runs(runs[name]) for name in names)
 
 
+@pytest.mark.integration
 def test_speed_benchmark_records_what_it_timed(speed_runs):
     base, _, _ = speed_runs
     (bench,) = base["benchmarks"]
@@ -191,6 +194,7 @@ def test_speed_benchmark_records_what_it_timed(speed_runs):
     assert len(info["floor_times"]) == len(bench["stats"]["data"]) and len(info["run_relative_medians"]) == 5
 
 
+@pytest.mark.integration
 def test_unchanged_speed_is_ok_and_a_twofold_slowdown_on_the_same_machine_is_detected(speed_runs):
     base, same, slow = speed_runs
     unchanged = regression.compare_speed(base, same)
@@ -200,6 +204,7 @@ def test_unchanged_speed_is_ok_and_a_twofold_slowdown_on_the_same_machine_is_det
     assert row["ci_low"] > regression.SPEED_MIN_LOW and row["ratio"] >= regression.SPEED_FAIL_FACTOR
 
 
+@pytest.mark.integration
 def test_pytest_benchmark_compare_of_the_saved_runs_is_written_beside_the_verdicts(speed_runs, tmp_path):
     base, _, slow = speed_runs
     paths = [tmp_path / "base.json", tmp_path / "slow.json"]
@@ -213,6 +218,7 @@ def test_pytest_benchmark_compare_of_the_saved_runs_is_written_beside_the_verdic
     assert "base)" in text and "slow)" in text, text
 
 
+@pytest.mark.integration
 def test_speed_on_another_machine_is_reported_not_gated(speed_runs):
     base, _, slow = speed_runs
     other = json.loads(json.dumps(base))

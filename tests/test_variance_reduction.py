@@ -200,6 +200,7 @@ def test_panel_quadrature_agrees_with_the_adaptive_quadrature_of_the_suite(probl
 # Bias: every unbiased estimator under every scheme that applies.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("name, problem, theta", UNBIASED_CASES)
 def test_unbiased_estimators_stay_unbiased_under_every_scheme(scheme, name, problem, theta):
@@ -236,6 +237,7 @@ def test_leave_one_out_would_be_biased_by_coupled_samples_which_is_why_it_is_ski
 # Antithetic sampling: exact variance, and below plain Monte Carlo where theory says so.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COUPLED)
 @pytest.mark.parametrize("problem, theta", CASES)
 def test_antithetic_variance_matches_exact_quadrature(name, problem, theta):
@@ -253,6 +255,7 @@ def test_antithetic_variance_matches_exact_quadrature(name, problem, theta):
 # Where the odd part of g in ε carries at least 10% more variance than the even part, so the reduction is
 # there in theory (checked below) and large enough to see; elsewhere antithetic sampling can double the
 # variance (g even in ε: seed_fixed, gaussian_quadratic wrt σ at μ = k), and the test above covers that.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COUPLED)
 @pytest.mark.parametrize("problem, theta", CASES)
 def test_antithetic_variance_is_below_plain_monte_carlo_where_theory_says_so(name, problem, theta):
@@ -283,6 +286,7 @@ def test_antithetic_reduces_the_seed_problem_variance_as_derived():
 # Randomised QMC: stratified-sampling variance at N = 2^k, below plain Monte Carlo; independent replicates.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COUPLED)
 @pytest.mark.parametrize("problem, theta", CASES)
 def test_qmc_variance_at_a_power_of_two_is_the_stratified_variance_below_plain_monte_carlo(name, problem, theta):
@@ -329,6 +333,7 @@ def test_qmc_estimates_are_reproducible_from_the_torch_seed():
 # Control variates.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COUPLED)
 @pytest.mark.parametrize("problem, theta", gaussian_cases_where(lambda p, t: p.distribution_depends_on_theta))
 def test_delta_cv_per_sample_variance_matches_exact_quadrature(name, problem, theta):

@@ -103,6 +103,7 @@ def test_exact_gradient_matches_a_finite_difference_of_the_elbo():
     assert float(error.max()) < 1e-6
 
 
+@pytest.mark.slow
 def test_pathwise_reference_agrees_with_the_quadrature_truth():
     """A 2^17-sample float64 pathwise reference: every coordinate within its Bonferroni 99.9% interval."""
     torch.manual_seed(7)
@@ -166,6 +167,7 @@ def test_training_improves_both_objectives():
 
 
 # The unbiased estimators, and the score function with the delta-method control variate as an example of a scheme.
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", [*unbiased_estimators(LOGREG_PROBLEM, (0, 500)), "score_function+delta_cv"])
 @pytest.mark.parametrize("step", [0, 500])
 def test_logreg_estimators_are_unbiased(estimator, step):
@@ -182,6 +184,7 @@ def test_logreg_bias_test_catches_an_estimator_that_drops_the_score_term():
     assert summary.biased and summary.bias > 0.5 * summary.mean
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", unbiased_estimators(VAE_PROBLEM, (0, 300)))
 @pytest.mark.parametrize("step", [0, 300])
 def test_vae_unbiased_estimators_are_not_flagged(estimator, step):
@@ -251,6 +254,7 @@ def _varbench(args, cwd):
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.integration
 def test_workload_sweep_writes_rows_and_its_report_section(tmp_path):
     out = tmp_path / "run"
     result = _varbench(["run", "--problem", "discrete_vae", "--theta", "0,30", "--estimator", "disarm,gumbel_softmax",
@@ -271,6 +275,7 @@ def _readme_user_problem() -> str:
     return match.group(1)
 
 
+@pytest.mark.integration
 def test_readme_user_problem_runs_end_to_end(tmp_path):
     (tmp_path / "my_problem.py").write_text(_readme_user_problem())
     out = tmp_path / "mine"
@@ -288,6 +293,7 @@ def test_readme_user_problem_runs_end_to_end(tmp_path):
     assert "no exact gradient" in table.loc[("pathwise", 0.0), "note"]
 
 
+@pytest.mark.integration
 def test_user_problem_errors_name_the_problem(tmp_path):
     result = _varbench(["run", "--problem", "no_such_module:thing", "--out", str(tmp_path / "x")], tmp_path)
     assert result.returncode == 2
