@@ -7,7 +7,7 @@ OUT ?= results/default
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick full test regress baseline perf peers report list clean install
+.PHONY: bench quick full test test-fast regress baseline perf peers report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
@@ -18,7 +18,10 @@ quick: $(VENV)/.installed ## small sweep (<= 1 min) -> results/quick
 full: $(VENV)/.installed ## default sweep + the larger discrete and variance-reduction grids -> results/full
 	$(BIN)/varbench run --preset full --device auto --out results/full
 
-test: $(VENV)/.installed ## the test suite (what CI runs)
+test: $(VENV)/.installed ## the whole test suite, slow and integration tests included (what CI runs)
+	$(BIN)/python -m pytest -m ""
+
+test-fast: $(VENV)/.installed ## the developer's loop (< 2 min): the suite without the slow and integration tests
 	$(BIN)/python -m pytest
 
 regress: $(VENV)/.installed ## re-measure the ci grid, compare with results/baseline/; fails on a regression (<= 3 min)

@@ -79,32 +79,33 @@ def check_estimator(name: str, *, seed: int = 0, n_samples: int = CHECK_SAMPLES,
     """The check's table for estimator ``name`` (shipped, a plug-in, or ``module:attribute``)."""
     estimator = get_estimator(name)
     points = example_points()
-    applicable = [p for p in points if _skip_reason(estimator, p, n_samples) is None]
-    tested_for_bias = [p for p in applicable if _tests_bias(estimator, p)]
+    applicable = [p for p in points if skip_reason(estimator, p.problem, n_samples) is None]
+    tested_for_bias = [p for p in applicable if tests_bias(estimator, p)]
     critical = float(stats.norm.isf(BIAS_ALPHA / 2 / max(len(tested_for_bias), 1)))
     rows = []
     for point in points:
-        reason = _skip_reason(estimator, point, n_samples)
+        reason = skip_reason(estimator, point.problem, n_samples)
         if reason is not None:
             rows.append(CheckRow(point.label, f"no: {reason}"))
             continue
-        rows.append(_check_point(estimator, point, seed, n_samples, replicates, critical, point in tested_for_bias))
+        rows.append(check_point(estimator, point, seed, n_samples, replicates, critical, point in tested_for_bias))
     return rows
 
 
-def _skip_reason(estimator: Estimator, point: CheckPoint, n_samples: int) -> str | None:
-    """Why the estimator does not run at the point, as a sweep would decide it (``compose`` with no scheme)."""
-    reason = compose("none", estimator, point.problem, n_samples)
+def skip_reason(estimator: Estimator, problem: Problem, n_samples: int) -> str | None:
+    """Why the estimator does not run on ``problem`` at N, as a sweep decides it (``compose`` with no scheme: the
+    estimator's own reason, or a scalar-θ estimator on a workload), or None where it runs."""
+    reason = compose("none", estimator, problem, n_samples)
     return reason if isinstance(reason, str) else None
 
 
-def _tests_bias(estimator: Estimator, point: CheckPoint) -> bool:
+def tests_bias(estimator: Estimator, point: CheckPoint) -> bool:
     has_truth = point.problem.gradient is not None or point.problem.workload is not None
     return (bool(estimator.unbiased_for(point.problem)) and has_truth
             and not point.problem.infinite_variance(point.theta))  # fmt: skip
 
 
-def _check_point(estimator: Estimator, point: CheckPoint, seed: int, n: int, m: int, critical: float,
+def check_point(estimator: Estimator, point: CheckPoint, seed: int, n: int, m: int, critical: float,
                  test_bias: bool) -> CheckRow:  # fmt: skip
     def draw(replicates: int) -> np.ndarray:
         torch.manual_seed(seed)

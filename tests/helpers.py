@@ -1,10 +1,12 @@
-"""Test helpers: independent Gauss–Hermite expectations and the problem instances under test."""
+"""Test helpers: independent Gauss–Hermite expectations, the problem instances under test, and a blank-figure check."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+from matplotlib.image import imread
 import pytest
 from scipy import integrate, stats
 
@@ -71,3 +73,9 @@ def bonferroni_z(n_tests: int, family_alpha: float = 0.01) -> float:
     """Two-sided critical z so that n_tests seeded checks together raise a false alarm with prob <= family_alpha."""
     return float(stats.norm.isf(family_alpha / (2 * n_tests)))
 
+
+
+def is_blank(path: Path) -> bool:
+    """True when a PNG has a single colour (nothing was drawn)."""
+    image = imread(path)
+    return bool(np.ptp(image[..., :3]) == 0)

@@ -14,10 +14,9 @@ import pytest
 import torch
 
 from bench import cli, measure
-from bench.report import plots
 from bench.table import COLUMNS, load_table
-from bench.grid import default_estimators
 from estimators import ESTIMATORS, make_problem
+from tests.helpers import is_blank
 
 REPO = Path(__file__).resolve().parent.parent
 # The five original estimators, so the counts below do not change when estimators are added.
@@ -76,7 +75,7 @@ def test_report_flags_naive_as_biased_and_draws_non_blank_plots(tiny_run):
     assert len(images) >= 4
     for name in images:
         assert (tiny_run / name).exists(), name
-        assert not plots.is_blank(tiny_run / name), name
+        assert not is_blank(tiny_run / name), name
 
 
 def test_report_says_when_the_best_estimator_is_exact_rather_than_a_huge_ratio(tmp_path, capsys):
@@ -273,6 +272,7 @@ def test_the_dask_executor_without_dask_installed_says_how_to_install_it(tmp_pat
     assert not (tmp_path / "table.csv").exists()
 
 
+@pytest.mark.integration
 def test_core_modules_import_without_dask():
     code = ("import sys; sys.modules['distributed'] = sys.modules['dask'] = None; "
             "import bench.cli, bench.sweep, bench.executors, bench.regression; print('ok')")  # fmt: skip
@@ -319,6 +319,7 @@ def test_list_names_every_problem_and_estimator(capsys):
         assert re.search(rf"^\s+{name}\s", out, re.M), name
 
 
+@pytest.mark.integration
 def test_python_dash_m_bench_is_the_same_cli_and_prints_no_traceback():
     result = subprocess.run(
         [sys.executable, "-m", "bench", "run", "--problem", "seed_dependent", "--theta", "nan"],

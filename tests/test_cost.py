@@ -154,6 +154,7 @@ def variants(monkeypatch):
         monkeypatch.setitem(ESTIMATORS, name, _variant(name, surrogate))
 
 
+@pytest.mark.slow
 def test_verdicts_survive_noisy_calls_and_see_real_cost_and_name_only_differences(variants, tmp_path):
     sweep = Sweep("seed_dependent", thetas=(1.0, 3.0), n_samples=(100,),
                   estimators=("pathwise", "pathwise_twin", "pathwise_thrice", "pathwise_noisy", "score_function"))  # fmt: skip
@@ -176,10 +177,14 @@ def test_verdicts_survive_noisy_calls_and_see_real_cost_and_name_only_difference
     assert verdicts[0] == verdicts[1] == verdicts[2]
 
 
-def test_colours_are_fixed_per_name_and_biased_lines_are_grey_and_dashed():
+def test_colours_are_fixed_per_name_and_biased_lines_are_grey_and_dashed(monkeypatch):
     shipped = [plots.colour(name) for name in ESTIMATORS]
     assert len(set(shipped)) == len(shipped)
-    assert plots.colour("my_module:mine") == plots.colour("my_module:mine") != plots.BIASED_COLOUR
+    before = {name: plots.colour(name) for name in [*ESTIMATORS, "my_module:mine"]}
+    assert before["my_module:mine"] != plots.BIASED_COLOUR
+    # Registering an estimator (first in name order) recolours none of the others, nor a user's.
+    monkeypatch.setitem(ESTIMATORS, "aaa_new", ESTIMATORS["pathwise"])
+    assert {name: plots.colour(name) for name in before} == before
     variant = pd.DataFrame({"base": ["gumbel_softmax"], "expected_unbiased": [True], "biased": [False]})
     assert plots._style("gumbel_softmax[temperature=0.5]+antithetic", variant)["color"] == plots.colour("gumbel_softmax")
     biased = pd.DataFrame({"expected_unbiased": [False], "biased": [True]})

@@ -22,6 +22,8 @@ from bench.grid import Sweep, expand  # noqa: E402
 from bench.sweep import run_cells  # noqa: E402
 from bench.table import load_table  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 STATISTICAL = ["status", "n_replicates", "seed", "true_grad", "grad_mean", "bias", "grad_var", "grad_var_ci_low",
                "grad_var_ci_high", "kurtosis", "bias_z"]  # fmt: skip
 SMALL = Sweep("seed_dependent", thetas=(1.0, 3.0), estimators=("pathwise", "score_function", "measure_valued"),

@@ -208,6 +208,7 @@ def test_a_theta_list_starting_with_a_minus_is_accepted_as_written(tmp_path, cap
 # 8. `varbench list | head -1`: the reader going away is not an error.
 
 
+@pytest.mark.integration
 def test_a_closed_pipe_ends_the_output_quietly():
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has gone, as `head -1` has after its line
@@ -219,6 +220,7 @@ def test_a_closed_pipe_ends_the_output_quietly():
     assert result.stderr == b"" and result.returncode == 128 + signal.SIGPIPE
 
 
+@pytest.mark.integration
 def test_list_piped_into_head_prints_its_first_line_and_no_traceback():
     result = subprocess.run(f"{sys.executable} -m bench list | head -1", shell=True, cwd=REPO, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
@@ -308,6 +310,7 @@ def test_a_stopped_report_command_keeps_the_previous_report(stop, code, small_ru
     assert {name: after[name] for name in before} == before  # report.md and table.csv as they were
 
 
+@pytest.mark.integration
 def test_sigterm_during_a_sweep_exits_143_with_one_line_and_a_resumable_table(tmp_path):
     out = tmp_path / "run"
     # Four comparison blocks (one per N) of 12 cells: rows land a block at a time.
@@ -358,6 +361,7 @@ def baseline_folder(tmp_path, tiny_presets) -> Path:
     return folder
 
 
+@pytest.mark.integration
 def test_regress_replaces_only_the_files_it_wrote(baseline_folder, tmp_path, capsys):
     out = tmp_path / "regress"
     code, _, err = run_cli(["regress", "--baseline", str(baseline_folder), "--out", str(out), "--no-progress"], capsys)
@@ -374,6 +378,7 @@ def test_regress_replaces_only_the_files_it_wrote(baseline_folder, tmp_path, cap
     assert "notes.txt" not in json.loads((out / ".varbench-run").read_text())["files"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["regress", "baseline"])
 @pytest.mark.parametrize("content", ["user file", "run folder", "other command"])
 def test_baseline_and_regress_refuse_a_folder_they_did_not_write(command, content, baseline_folder, small_run,
@@ -448,6 +453,7 @@ HOLD = ("import sys, time; from pathlib import Path; from bench import run_folde
         "time.sleep(float(sys.argv[2]))")  # fmt: skip
 
 
+@pytest.mark.integration
 def test_a_second_run_into_a_busy_folder_names_the_holder_or_waits(tmp_path, capsys):
     import socket
 
@@ -471,6 +477,7 @@ def test_a_second_run_into_a_busy_folder_names_the_holder_or_waits(tmp_path, cap
     assert code == 0 and "waiting for it" in err and "2 cells measured" in out
 
 
+@pytest.mark.integration
 def test_two_concurrent_runs_measure_each_cell_once(tmp_path):
     args = [sys.executable, "-m", "bench", *SMALL, "--theta", "1,3", "--out", str(tmp_path), "--no-report", "--wait"]
     runs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -483,6 +490,7 @@ def test_two_concurrent_runs_measure_each_cell_once(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # 2. Rows carry the fingerprint of the code that measured them; cells measured by other code are measured again.
 
+@pytest.mark.integration
 def test_an_edited_user_problem_is_measured_again_unless_kept(tmp_path):
     (tmp_path / "edited_problem.py").write_text(SOFTPLUS.format(cost="torch.nn.functional.softplus(x)"))
     args = ["run", "--problem", "edited_problem:problem", "--theta", "1", "--estimator", "pathwise", "--n", "10",
@@ -583,6 +591,7 @@ def test_a_bad_user_problem_is_refused_with_a_clear_error(index):
         custom_problem("mine", spec.pop("distribution"), spec.pop("cost"), **spec)
 
 
+@pytest.mark.integration
 def test_a_wrong_shape_cost_from_the_command_line_is_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "shapes.py").write_text(SOFTPLUS.format(cost="x.sum()"))
     result = _varbench(["run", "--problem", "shapes:problem", "--out", "out"], tmp_path)
@@ -592,6 +601,7 @@ def test_a_wrong_shape_cost_from_the_command_line_is_one_line_and_writes_nothing
                                      "[4, 3]; got shape []")  # fmt: skip
 
 
+@pytest.mark.integration
 def test_a_problem_built_without_custom_problem_is_probed_too(tmp_path):
     source = ("import dataclasses\nfrom estimators import make_problem\n"
               "problem = dataclasses.replace(make_problem('seed_dependent'), cost=lambda x, t: x.sum())\n")  # fmt: skip

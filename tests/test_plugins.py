@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.integration  # every test here runs varbench in a fresh process
 REPO = Path(__file__).resolve().parent.parent
 SEED_DEPENDENT_PATHWISE_PER_SAMPLE_VARIANCE = 1314.0  # 144θ² + 18 at θ = 3 (docs/math.md)
 

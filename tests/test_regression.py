@@ -21,6 +21,8 @@ from bench.grid import Sweep, expand
 from bench.table import COLUMNS, TABLE_NAME, append_rows
 from estimators import ESTIMATORS
 
+REPO = Path(__file__).resolve().parent.parent
+
 # A small grid with a heavy-tailed estimator (score function at θ = 3), a biased one (naive), the coupled MVD
 # and a smooth Gaussian cost: 6 cells.
 GRID = expand([
@@ -52,6 +54,7 @@ def independent_run_pairs():
     return [(measure_grid(2 * i + 1000), measure_grid(2 * i + 1001)) for i in range(RUNS)]
 
 
+@pytest.mark.slow
 def test_unchanged_code_false_alarm_rate_is_at_most_nominal(independent_run_pairs):
     # Gate as shipped: a run raises an alarm if any cell regresses on any metric. Holm keeps each metric's
     # family-wise rate at ALPHA, so at most 2·ALPHA per run (variance + bias); allow binomial noise at 99.9%.
@@ -61,6 +64,7 @@ def test_unchanged_code_false_alarm_rate_is_at_most_nominal(independent_run_pair
     assert alarms <= stats.binom.ppf(0.999, RUNS, 2 * regression.ALPHA), alarms
 
 
+@pytest.mark.slow
 def test_variance_test_is_calibrated_per_cell(independent_run_pairs):
     # Without the minimum effect and at a loose level, the one-sided variance test must reject about alpha of
     # the time: not more (false alarms), and not far less (a test that never fires is no test).
@@ -153,28 +157,32 @@ def test_cells_with_an_infinite_variance_are_reported_not_tested():
 
 
 # --------------------------------------------------------------------------------------------------------
-# Speed: real pytest-benchmark runs of bench/speed_benchmarks.py, one benchmark each.
+# Speed: real pytest-benchmark runs of bench/regression/speed_benchmarks.py, one benchmark each.
 
 
 @pytest.fixture(scope="module")
 def speed_runs(tmp_path_factory):
     """Baseline, unchanged and twice-slower runs of one benchmark, their processes interleaved.
 
-    Interleaved (base, same, slow, then rotated) because the gate compares runs recorded at different times,
-    and a test that ran all of one before the other measured the machine's drift, not the code: on a shared
-    CI machine, five back-to-back base processes came out 1.6x slower than the five that followed them."""
+    Twice slower: the benchmark process loads the test-only plugin tests/slower_estimates.py, with which every
+    estimate does its work twice. Interleaved (base, same, slow, then rotated) because the gate compares runs
+    recorded at different times, and a test that ran all of one before the other measured the machine's drift,
+    not the code: on a shared CI machine, five back-to-back base processes came out 1.6x slower than the five
+    that followed them."""
     folder = tmp_path_factory.mktemp("speed")
     select = ("-k", "pathwise and seed_dependent")
-    env = dict(os.environ, VARBENCH_CALLS_PER_ROUND="1")
-    envs = {"base": env, "same": env, "slow": dict(env, VARBENCH_CALLS_PER_ROUND="2")}  # 2 calls per timed round
-    runs: dict[str, list[dict]] = {name: [] for name in envs}
-    names = list(envs)
-    for repeat in range(regression.SPEED_REPEATS):
-        for name in names[repeat % 3 :] + names[: repeat % 3]:
-            runs[name].append(regression.run_speed_process(folder / f"{name}.json", repeat, extra_args=select, env=envs[name]))
+    args = {"base": select, "same": select, "slow": (*select, "-p", "tests.slower_estimates")}
+    runs: dict[str, list[dict]] = {name: [] for name in args}
+    names = list(args)
+    with pytest.MonkeyPatch.context() as patch:  # the benchmark processes import the plugin from this checkout
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        for repeat in range(regression.SPEED_REPEATS):
+            for name in names[repeat % 3 :] + names[: repeat % 3]:
+                runs[name].append(regression.run_speed_process(folder / f"{name}.json", repeat, extra_args=args[name]))
     return tuple(regression.merge_speed_runs(runs[name]) for name in names)
 
 
+@pytest.mark.integration
 def test_speed_benchmark_records_what_it_timed(speed_runs):
     base, _, _ = speed_runs
     (bench,) = base["benchmarks"]
@@ -186,6 +194,7 @@ def test_speed_benchmark_records_what_it_timed(speed_runs):
     assert len(info["floor_times"]) == len(bench["stats"]["data"]) and len(info["run_relative_medians"]) == 5
 
 
+@pytest.mark.integration
 def test_unchanged_speed_is_ok_and_a_twofold_slowdown_on_the_same_machine_is_detected(speed_runs):
     base, same, slow = speed_runs
     unchanged = regression.compare_speed(base, same)
@@ -195,6 +204,7 @@ def test_unchanged_speed_is_ok_and_a_twofold_slowdown_on_the_same_machine_is_det
     assert row["ci_low"] > regression.SPEED_MIN_LOW and row["ratio"] >= regression.SPEED_FAIL_FACTOR
 
 
+@pytest.mark.integration
 def test_pytest_benchmark_compare_of_the_saved_runs_is_written_beside_the_verdicts(speed_runs, tmp_path):
     base, _, slow = speed_runs
     paths = [tmp_path / "base.json", tmp_path / "slow.json"]
@@ -208,6 +218,7 @@ def test_pytest_benchmark_compare_of_the_saved_runs_is_written_beside_the_verdic
     assert "base)" in text and "slow)" in text, text
 
 
+@pytest.mark.integration
 def test_speed_on_another_machine_is_reported_not_gated(speed_runs):
     base, _, slow = speed_runs
     other = json.loads(json.dumps(base))

@@ -293,23 +293,21 @@ def compare_speed(baseline: dict, new: dict, *, fail_factor: float = SPEED_FAIL_
 # Running: baseline recording and the gate itself
 
 
-def run_speed_benchmarks(
-    json_path: Path, *, extra_args: tuple[str, ...] = (), env: dict | None = None, repeats: int = SPEED_REPEATS
-) -> dict:
+def run_speed_benchmarks(json_path: Path, *, extra_args: tuple[str, ...] = (), repeats: int = SPEED_REPEATS) -> dict:
     """Run bench/speed_benchmarks.py under pytest-benchmark ``repeats`` times, each in a fresh process, and save
     one pytest-benchmark JSON: the first run's, with every run's median in ``extra_info["run_medians"]``.
 
     Fresh processes because a run's timings carry a per-run offset (allocator and page state): back-to-back
     runs of unchanged code on an idle 2-core VM gave per-benchmark median ratios from 0.6 to 1.5, and the
     median over three runs still 0.82 to 1.42, hence five. ``extra_args`` go to pytest (e.g. ``-k
-    pathwise``); ``env`` replaces the environment (tests use it to set ``VARBENCH_CALLS_PER_ROUND``)."""
-    runs = [run_speed_process(json_path, repeat, extra_args=extra_args, env=env) for repeat in range(repeats)]
+    pathwise``)."""
+    runs = [run_speed_process(json_path, repeat, extra_args=extra_args) for repeat in range(repeats)]
     merged = merge_speed_runs(runs)
     json_path.write_text(json.dumps(merged, indent=1))
     return merged
 
 
-def run_speed_process(json_path: Path, repeat: int, *, extra_args: tuple[str, ...] = (), env: dict | None = None) -> dict:
+def run_speed_process(json_path: Path, repeat: int, *, extra_args: tuple[str, ...] = ()) -> dict:
     """One fresh pytest-benchmark process over bench/speed_benchmarks.py; its JSON (the file is removed)."""
     module = Path(__file__).with_name("speed_benchmarks.py")
     path = json_path.with_name(f"{json_path.stem}.run{repeat}.json")
@@ -317,8 +315,7 @@ def run_speed_process(json_path: Path, repeat: int, *, extra_args: tuple[str, ..
     command = [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider",
                f"--benchmark-json={path}", "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
                *extra_args]  # fmt: skip
-    env = dict(os.environ if env is None else env, **environment.STEADY_HEAP_ENV)
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **environment.STEADY_HEAP_ENV))
     if done.returncode != 0:
         raise RuntimeError(f"speed benchmarks failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
     run = json.loads(path.read_text())

@@ -18,14 +18,10 @@ CI machine is not the one that recorded the baseline; both cancel in the ratio t
 Timings are single-threaded (``torch.set_num_threads(1)``): with intra-op threads on a shared machine, a busy
 core stalls every parallel region and the same call measured 2-50x slower from one run to the next, which no
 gate can tell from a regression. One thread is slowed at most by the share of a core it loses.
-
-``VARBENCH_CALLS_PER_ROUND`` (default 1) makes each timed round do that many calls: the regression tests use it
-to make every estimator genuinely twice as slow.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -71,13 +67,6 @@ def warm_process(request):
     torch.randn(REPLICATES, N_SAMPLES)  # the RNG floor timed before every round
 
 
-def calls_per_round() -> int:
-    value = os.environ.get("VARBENCH_CALLS_PER_ROUND", "1")
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"VARBENCH_CALLS_PER_ROUND must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 @pytest.mark.parametrize("estimator_name", BENCHMARKED)
 def test_estimate_speed(benchmark, estimator_name, case):
@@ -87,12 +76,10 @@ def test_estimate_speed(benchmark, estimator_name, case):
     reason = estimator.skip_reason(problem, N_SAMPLES)
     if reason is not None:
         pytest.skip(reason)
-    calls = calls_per_round()
     torch.set_num_threads(SPEED_THREADS)
 
     def run():
-        for _ in range(calls):
-            estimate(estimator, problem, theta, N_SAMPLES, REPLICATES)
+        estimate(estimator, problem, theta, N_SAMPLES, REPLICATES)
 
     floor_times: list[float] = []
 
@@ -110,7 +97,6 @@ def test_estimate_speed(benchmark, estimator_name, case):
         estimator=estimator_name,
         n_samples=N_SAMPLES,
         replicates_per_call=REPLICATES,
-        calls_per_round=calls,
         grad_mean=float(estimates.mean()),
         grad_var=float(np.var(estimates, ddof=1)),
         true_grad=problem.gradient(theta),

@@ -194,12 +194,6 @@ def relative_cost(group: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def is_blank(path: Path) -> bool:
-    """True when a PNG has a single colour (nothing was drawn)."""
-    image = plt.imread(path)
-    return bool(np.ptp(image[..., :3]) == 0)
-
-
 def relaxation_bias_vs_temperature(rows: pd.DataFrame, title: str, path: Path, exact: dict | None = None) -> Path:
     """Bias of the relaxed estimators against temperature (log x), 95% intervals, one panel per θ.
 
