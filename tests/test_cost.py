@@ -186,12 +186,12 @@ def test_colours_are_fixed_per_name_and_biased_lines_are_grey_and_dashed(monkeyp
     monkeypatch.setitem(ESTIMATORS, "aaa_new", ESTIMATORS["pathwise"])
     assert {name: plots.colour(name) for name in before} == before
     variant = pd.DataFrame({"base": ["gumbel_softmax"], "expected_unbiased": [True], "biased": [False]})
-    assert plots._style("gumbel_softmax[temperature=0.5]+antithetic", variant)["color"] == plots.colour("gumbel_softmax")
+    assert plots.estimator_style("gumbel_softmax[temperature=0.5]+antithetic", variant)["color"] == plots.colour("gumbel_softmax")
     biased = pd.DataFrame({"expected_unbiased": [False], "biased": [True]})
-    style = plots._style("naive", biased)
+    style = plots.estimator_style("naive", biased)
     assert style["color"] == plots.BIASED_COLOUR and style["ls"] == "--" and style["label"] == "naive (biased)"
     fine = pd.DataFrame({"expected_unbiased": [True], "biased": [False]})
-    assert plots._style("pathwise", fine)["color"] == plots.colour("pathwise")
+    assert plots.estimator_style("pathwise", fine)["color"] == plots.colour("pathwise")
 
 
 def test_each_cell_records_its_share_of_the_block_timing(tmp_path):

@@ -297,10 +297,8 @@ def run_speed_benchmarks(json_path: Path, *, extra_args: tuple[str, ...] = (), r
     """Run bench/speed_benchmarks.py under pytest-benchmark ``repeats`` times, each in a fresh process, and save
     one pytest-benchmark JSON: the first run's, with every run's median in ``extra_info["run_medians"]``.
 
-    Fresh processes because a run's timings carry a per-run offset (allocator and page state): back-to-back
-    runs of unchanged code on an idle 2-core VM gave per-benchmark median ratios from 0.6 to 1.5, and the
-    median over three runs still 0.82 to 1.42, hence five. ``extra_args`` go to pytest (e.g. ``-k
-    pathwise``)."""
+    Fresh processes because a run's timings carry a per-run offset (allocator and page state); five because fewer
+    left that offset in the median (docs/performance.md). ``extra_args`` go to pytest (e.g. ``-k pathwise``)."""
     runs = [run_speed_process(json_path, repeat, extra_args=extra_args) for repeat in range(repeats)]
     merged = merge_speed_runs(runs)
     json_path.write_text(json.dumps(merged, indent=1))

@@ -3,7 +3,7 @@
 ``varbench regress`` and ``varbench baseline`` run this module with ``--benchmark-json`` and compare the saved
 runs; it also runs on its own::
 
-    .venv/bin/python -m pytest bench/speed_benchmarks.py --benchmark-json=speed.json
+    .venv/bin/python -m pytest bench/regression/speed_benchmarks.py --benchmark-json=speed.json
 
 Each benchmark times a call that draws ``REPLICATES`` estimates of ``N`` samples each (2^18 samples, the same
 size the sweep times) and records the estimate's variance, mean and the library versions in ``extra_info``, so
@@ -11,13 +11,13 @@ a saved run says what it timed and that the timed code still computed the right 
 
 The gated quantity is the call's cost *relative to the sampling floor*: before every timed round the
 benchmark times ``torch.randn`` of the same 2^18 samples in the same process (pytest-benchmark's ``pedantic``
-setup hook, which is not timed), and ``extra_info["floor_times"]`` keeps them. On this 2-core VM the same
-call's median moved 1.5x from one process to the next (the host's speed changes under other tenants) and a
-CI machine is not the one that recorded the baseline; both cancel in the ratio to a floor timed next to it.
+setup hook, which is not timed), and ``extra_info["floor_times"]`` keeps them. A host's speed drifts between
+processes under other tenants, and a CI machine is not the one that recorded the baseline; both cancel in the
+ratio to a floor timed next to it.
 
 Timings are single-threaded (``torch.set_num_threads(1)``): with intra-op threads on a shared machine, a busy
-core stalls every parallel region and the same call measured 2-50x slower from one run to the next, which no
-gate can tell from a regression. One thread is slowed at most by the share of a core it loses.
+core stalls every parallel region, which no gate can tell from a regression; one thread is slowed at most by the
+share of a core it loses. The measurements behind both choices are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ BENCHMARKED = ["naive", "score_function", "score_function_loo", "pathwise", "mea
 
 @pytest.fixture(scope="module", autouse=True)
 def warm_process(request):
-    """Run every selected case once before the first benchmark. Without it the first benchmark of each process
-    (naive on the seed problem) measured up to 1.6x slower than in the baseline although nothing had changed:
-    first-use costs (allocator growth, lazy initialisation) land on whichever benchmark runs first."""
+    """Run every selected case once before the first benchmark: otherwise first-use costs (allocator growth, lazy
+    initialisation) land on whichever benchmark runs first and read as its regression."""
     torch.set_num_threads(SPEED_THREADS)
     selected = {(item.callspec.params["estimator_name"], CASES.index(item.callspec.params["case"]))
                 for item in request.session.items}  # fmt: skip

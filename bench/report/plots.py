@@ -40,7 +40,7 @@ def _biased(rows: pd.DataFrame) -> bool:
     return bool(rows["expected_unbiased"].eq(False).any() or rows["biased"].eq(True).any())
 
 
-def _style(estimator: str, rows: pd.DataFrame) -> dict:
+def estimator_style(estimator: str, rows: pd.DataFrame) -> dict:
     """Line style of one estimator's rows: its colour, or grey and dashed with '(biased)' when it is biased in
     theory or measurably biased in any of them (a low variance does not buy the right gradient)."""
     base = rows["base"].iloc[0] if "base" in rows else estimator  # the registry name behind a variant's label
@@ -54,7 +54,8 @@ def _style(estimator: str, rows: pd.DataFrame) -> dict:
 _BIASED_MARKERS = {"naive": "x", "gumbel_softmax": "s", "straight_through": "^", "finite_difference": "D"}
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Save and close ``fig`` as a PNG at ``path``, replacing any earlier one whole."""
     for ax in fig.axes:
         for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
             # Minor ticks on log axes spanning many decades cost seconds per figure and add nothing; on a
@@ -88,7 +89,7 @@ def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
         for estimator, rows in at_theta.groupby("estimator", sort=False):
             rows = rows.sort_values("n_samples")
             err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
-            style = _style(estimator, group[group["estimator"] == estimator])
+            style = estimator_style(estimator, group[group["estimator"] == estimator])
             ax.errorbar(rows["n_samples"], rows["grad_var"], yerr=err, ms=4, capsize=3, **style)
             first = rows.iloc[0]
             ns = rows["n_samples"].to_numpy(dtype=float)
@@ -100,7 +101,7 @@ def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
     labels.append("∝ 1/N from N_min")
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{title}: variance vs N", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) -> Path:
@@ -111,12 +112,12 @@ def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) 
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values(x)
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **_style(estimator, rows))
+        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **estimator_style(estimator, rows))
     label = "θ" if x == "theta" else x
     ax.set(yscale="log", xlabel=label, ylabel=f"per-sample variance (N = {n_max})")
     ax.legend(fontsize=8)
     ax.set_title(f"{title}: variance vs {label}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def variance_vs_dimension(group: pd.DataFrame, title: str, path: Path) -> Path:
@@ -128,7 +129,7 @@ def variance_vs_dimension(group: pd.DataFrame, title: str, path: Path) -> Path:
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values("dim")
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows["dim"], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **_style(estimator, rows))
+        ax.errorbar(rows["dim"], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **estimator_style(estimator, rows))
     dims = np.sort(rows_all["dim"].unique()).astype(float)
     anchor = rows_all[rows_all["dim"] == dims[0]]["per_sample_var"].max() if len(dims) else np.nan
     for power, style in ((1, ":"), (2, "--")):
@@ -136,7 +137,7 @@ def variance_vs_dimension(group: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="D (dimension)", ylabel=f"per-sample variance (N = {n_max})")
     ax.legend(fontsize=8)
     ax.set_title(f"{title}: variance vs dimension", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _bias_panel(ax, rows: pd.DataFrame) -> None:
@@ -173,7 +174,7 @@ def bias(group: pd.DataFrame, title: str, path: Path) -> Path:
             axes[1][column].set_title(f"θ = {theta:g}, estimators not flagged biased", fontsize=9)
     axes[0][0].set_ylabel(f"bias = mean − exact (N = {n_max}), 95% CI")
     fig.suptitle(f"{title}: bias", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def relative_cost(group: pd.DataFrame, title: str, path: Path) -> Path:
@@ -185,13 +186,13 @@ def relative_cost(group: pd.DataFrame, title: str, path: Path) -> Path:
         rows = rows.groupby("n_samples")[["relative_cost", "relative_cost_ci_low", "relative_cost_ci_high"]].median()
         err = [rows["relative_cost"] - rows["relative_cost_ci_low"], rows["relative_cost_ci_high"] - rows["relative_cost"]]
         ax.errorbar(rows.index, rows["relative_cost"], yerr=err, ms=4, capsize=3,
-                    **_style(estimator, group[group["estimator"] == estimator]))  # fmt: skip
+                    **estimator_style(estimator, group[group["estimator"] == estimator]))  # fmt: skip
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)",
            ylabel="time per sample / torch.randn's (95% CI; 1 = drawing the samples)")  # fmt: skip
     ax.legend(fontsize=8)
     ax.set_title(f"{title}: cost per sample / RNG floor's", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def relaxation_bias_vs_temperature(rows: pd.DataFrame, title: str, path: Path, exact: dict | None = None) -> Path:
@@ -218,7 +219,7 @@ def relaxation_bias_vs_temperature(rows: pd.DataFrame, title: str, path: Path, e
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{title}: bias of the relaxations vs temperature", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -247,7 +248,7 @@ def variance_reduction_factor(rows: pd.DataFrame, title: str, path: Path) -> Pat
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{title}: variance reduction factor (below 1 helps)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path:
@@ -259,7 +260,7 @@ def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values("theta")
         err = [rows["grad_var"] - rows["grad_var_ci_low"], rows["grad_var_ci_high"] - rows["grad_var"]]
-        style = _style(estimator, rows)
+        style = estimator_style(estimator, rows)
         axes[0].errorbar(rows["theta"], rows["grad_var"], yerr=err, ms=4, capsize=3, **style)
         timed = rows[rows["work_normalized_var"] > 0]
         err = [timed["work_normalized_var"] - timed["work_normalized_var_ci_low"],
@@ -269,4 +270,4 @@ def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path
     axes[1].set(yscale="log", xlabel="training step (checkpoint)", ylabel="work-normalised variance (RNG-floor units)")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: variance along training", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
