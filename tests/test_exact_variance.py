@@ -1,0 +1,147 @@
+"""estimators.exact against independent derivations: closed forms (polynomial costs, the seed problems), brute-force
+enumeration of N draws (discrete RLOO), and Monte Carlo through the shipped estimators (``estimate``), whose
+mean must lie within a z bound of the exact mean and whose sample variance within a kurtosis-aware interval of
+the exact variance, z Bonferroni-corrected over every Monte Carlo check of this file (family-wise α = 0.001)."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import pytest
+import torch
+
+from estimators import Method, estimate, get_estimator, make_problem
+from estimators.exact import Exact, exact_moments, register_exact
+from estimators.exact.seed import seed_dependent_per_sample, seed_fixed_per_sample
+
+FAMILY_WISE_ALPHA = 1e-3
+REPLICATES = 20000
+STEP = (("step", 0.1),)
+RELAXED = (("temperature", 0.5),)
+
+# (family, wrt, params, θ, estimator, options, scheme, N): each cell is two checks (mean, variance).
+MONTE_CARLO_CASES = [
+    ("seed_dependent", None, {}, 1.5, "naive", (), "none", 3),
+    ("seed_dependent", None, {}, 1.5, "score_function_loo", (), "none", 4),
+    ("seed_dependent", None, {}, 1.5, "measure_valued", (), "none", 3),
+    ("seed_dependent", None, {}, 1.5, "pathwise", (), "antithetic", 4),
+    ("seed_dependent", None, {}, 1.5, "score_function", (), "delta_cv", 3),
+    ("seed_fixed", None, {}, 0.7, "finite_difference", STEP, "none", 2),
+    ("gaussian_quadratic", "sigma", {}, 0.8, "score_function", (), "none", 4),
+    ("gaussian_quadratic", "sigma", {}, 0.8, "measure_valued", (), "none", 4),
+    ("gaussian_exp", "mu", {}, 0.6, "pathwise", (), "none", 4),
+    ("gaussian_exp", "mu", {}, 0.6, "measure_valued", (), "none", 4),
+    ("gaussian_exp", "mu", {}, 0.6, "finite_difference", STEP, "none", 4),
+    ("gaussian_exp", "sigma", {}, 1.2, "score_function_loo", (), "none", 5),
+    ("gaussian_exp", "sigma", {}, 1.2, "score_function", (), "antithetic", 4),
+    ("gaussian_cos", "sigma", {"k": 2.0}, 0.9, "measure_valued", (), "none", 4),
+    ("gaussian_cos", "sigma", {"k": 2.0}, 0.9, "score_function_loo", (), "delta_cv", 4),
+    ("gaussian_cos", "mu", {"k": 2.0}, 0.4, "pathwise", (), "delta_cv", 4),
+    ("gaussian_cos", "mu", {"k": 2.0}, 0.4, "measure_valued", (), "delta_cv", 4),
+]
+# The deliberately wrong inputs below are checks too (they must fail), so they count in the correction.
+WRONG_INPUT_CASES = 2
+Z = NormalDist().inv_cdf(1 - FAMILY_WISE_ALPHA / (2 * 2 * (len(MONTE_CARLO_CASES) + WRONG_INPUT_CASES)))
+
+
+def _problem(family: str, wrt: str | None, params: dict):
+    return make_problem(family, wrt, params)
+
+
+def monte_carlo(problem, theta: float, estimator: str, options, scheme: str, n_samples: int, seed: int = 0):
+    torch.manual_seed(seed)
+    return estimate(get_estimator(estimator), problem, theta, n_samples, REPLICATES, dtype=torch.float64,
+                    options=dict(options), variance_reduction=scheme)  # fmt: skip
+
+
+def disagreements(estimates: torch.Tensor, exact: Exact) -> list[str]:
+    """What of (mean, variance) the Monte Carlo rejects: the mean outside exact ± z·sqrt(Var/M), the sample
+    variance outside exact ± z·se(s²), se(s²) = sqrt((m4 − s⁴)/M) from the sample (valid for any kurtosis)."""
+    m = estimates.numel()
+    mean = float(estimates.mean())
+    centred = estimates - estimates.mean()
+    s2 = float((centred**2).sum()) / (m - 1)
+    m4 = float((centred**4).mean())
+    found = []
+    if abs(mean - exact.mean) > Z * math.sqrt(max(exact.var, s2) / m) + 1e-12 * max(1.0, abs(exact.mean)):
+        found.append(f"mean {mean:.6g} vs exact {exact.mean:.6g} (se {math.sqrt(s2 / m):.3g})")
+    se_var = math.sqrt(max(m4 - s2**2, 0.0) / m)
+    if abs(s2 - exact.var) > Z * se_var + 1e-12 * max(1.0, exact.var):
+        found.append(f"variance {s2:.6g} vs exact {exact.var:.6g} (se {se_var:.3g})")
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, wrt, params, theta, estimator, options, scheme, n_samples", MONTE_CARLO_CASES)
+def test_exact_moments_agree_with_monte_carlo(family, wrt, params, theta, estimator, options, scheme, n_samples):
+    problem = _problem(family, wrt, params)
+    exact = exact_moments(problem, Method(estimator, options, scheme), theta, n_samples)
+    assert isinstance(exact, Exact), exact
+    estimates = monte_carlo(problem, theta, estimator, options, scheme, n_samples)
+    assert not disagreements(estimates, exact)
+
+
+@pytest.mark.slow
+def test_the_monte_carlo_check_rejects_wrong_exact_values():
+    # Exact moments at the wrong θ, and at the wrong N, must be told apart from the estimator's real ones.
+    problem = make_problem("gaussian_exp", "mu")
+    estimates = monte_carlo(problem, 0.6, "pathwise", (), "none", 4, seed=1)
+    wrong_theta = exact_moments(problem, Method("pathwise"), 0.7, 4)
+    wrong_n = exact_moments(problem, Method("pathwise"), 0.6, 3)
+    assert any("mean" in reason for reason in disagreements(estimates, wrong_theta))
+    assert any("variance" in reason for reason in disagreements(estimates, wrong_n))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Second derivations: closed forms and the known values.
+
+
+@pytest.mark.parametrize("estimator", ["naive", "pathwise", "score_function", "finite_difference", "measure_valued"])
+@pytest.mark.parametrize("family", ["seed_fixed", "seed_dependent"])
+def test_seed_quadrature_matches_closed_forms(family, estimator):
+    closed = seed_dependent_per_sample if family == "seed_dependent" else seed_fixed_per_sample
+    theta, n = 1.7, 5
+    options = STEP if estimator == "finite_difference" else ()
+    exact = exact_moments(make_problem(family), Method(estimator, options), theta, n)
+    mean, var = closed(estimator, theta, 0.1)
+    assert exact.mean == pytest.approx(mean, rel=1e-10)
+    assert exact.var == pytest.approx(var / n, rel=1e-10)
+
+
+def test_seed_dependent_known_per_sample_variances_at_theta_3():
+    problem = make_problem("seed_dependent")
+    for estimator, variance in (("pathwise", 1314), ("score_function", 22860), ("naive", 342)):
+        assert exact_moments(problem, Method(estimator), 3.0, 1).var == pytest.approx(variance, rel=1e-12)
+
+
+@pytest.mark.parametrize("mu, sigma, k", [(0.8, 1.0, 1.0), (-0.3, 0.5, 2.0)])
+def test_gaussian_quadratic_matches_polynomial_closed_forms(mu, sigma, k):
+    # x = μ + σε, a = μ − k: pathwise (μ) 2(x − k), variance 4σ²; score function (μ) (x − k)² ε/σ, variance
+    # a⁴/σ² + 14a² + 15σ²; pathwise (σ) 2(x − k)ε, variance 4a² + 8σ².
+    a, n = mu - k, 3
+    by_mu = make_problem("gaussian_quadratic", "mu", {"k": k, "sigma": sigma})
+    by_sigma = make_problem("gaussian_quadratic", "sigma", {"k": k, "mu": mu})
+    assert exact_moments(by_mu, Method("pathwise"), mu, n).var == pytest.approx(4 * sigma**2 / n, rel=1e-10)
+    score = exact_moments(by_mu, Method("score_function"), mu, n)
+    assert score.mean == pytest.approx(2 * a, rel=1e-10)
+    assert score.var == pytest.approx((a**4 / sigma**2 + 14 * a**2 + 15 * sigma**2) / n, rel=1e-10)
+    assert exact_moments(by_sigma, Method("pathwise"), sigma, n).var == pytest.approx((4 * a**2 + 8 * sigma**2) / n, rel=1e-10)
+
+
+def test_reasons_for_what_has_no_exact_form():
+    problem = make_problem("gaussian_exp", "mu")
+    assert "QMC" in exact_moments(problem, Method("pathwise", (), "qmc"), 0.5, 8)
+    assert isinstance(exact_moments(problem, Method("score_function", (), "optimal_baseline"), 0.5, 8), str)
+    assert isinstance(exact_moments(problem, Method("score_function_loo"), 0.5, 1), str)  # needs N >= 2
+    assert isinstance(exact_moments(make_problem("bayes_logreg"), Method("pathwise"), 0, 8), str)
+
+
+def test_a_user_registers_exact_moments_through_the_same_door():
+    @register_exact("my_estimator_for_the_test", "seed_fixed")
+    def exact(problem, method, theta, n_samples):
+        return Exact(3.0, 18.0 / n_samples)
+
+    from estimators.exact.registry import exact_function
+
+    assert exact_function("my_estimator_for_the_test", "seed_fixed") is exact
