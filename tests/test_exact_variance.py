@@ -40,8 +40,21 @@ MONTE_CARLO_CASES = [
     ("gaussian_cos", "mu", {"k": 2.0}, 0.4, "pathwise", (), "delta_cv", 4),
     ("gaussian_cos", "mu", {"k": 2.0}, 0.4, "measure_valued", (), "delta_cv", 4),
 ]
+DISCRETE_MONTE_CARLO_CASES = [
+    ("bernoulli_toy", None, {}, 0.3, "score_function", (), "none", 4),
+    ("bernoulli_toy", None, {}, 0.3, "arm", (), "none", 4),
+    ("bernoulli_toy", None, {}, 0.3, "gumbel_softmax", RELAXED, "none", 4),
+    ("bernoulli_toy", None, {}, 0.3, "rebar", (("eta", 1.0), ("temperature", 0.5)), "none", 2),
+    ("bernoulli_multi", None, {}, -0.5, "arm", (), "none", 3),
+    ("bernoulli_multi", None, {}, -0.5, "disarm", (), "none", 3),
+    ("bernoulli_multi", None, {}, -0.5, "straight_through", RELAXED, "none", 3),
+    ("bernoulli_multi", None, {}, -0.5, "score_function_loo", (), "none", 3),
+    ("categorical_toy", None, {"logit2": 0.5}, 0.2, "score_function_loo", (), "none", 3),
+]
+MONTE_CARLO_CASES += DISCRETE_MONTE_CARLO_CASES
 # The deliberately wrong inputs below are checks too (they must fail), so they count in the correction.
 WRONG_INPUT_CASES = 2
+
 Z = NormalDist().inv_cdf(1 - FAMILY_WISE_ALPHA / (2 * 2 * (len(MONTE_CARLO_CASES) + WRONG_INPUT_CASES)))
 
 
@@ -145,3 +158,53 @@ def test_a_user_registers_exact_moments_through_the_same_door():
     from estimators.exact.registry import exact_function
 
     assert exact_function("my_estimator_for_the_test", "seed_fixed") is exact
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Discrete: enumeration of all N-draw outcomes, the problems' own exact relaxation means, unbiasedness.
+
+
+def _rloo_by_enumerating_every_draw(problem, theta: float, n_samples: int) -> tuple[float, float]:
+    """RLOO's mean and variance over all K^N tuples of N draws of a categorical (one-hot outcomes)."""
+    import itertools
+
+    from estimators.exact.discrete import cost_of, latent, outcomes
+
+    where = latent(problem, theta)
+    values, prob, score = outcomes(where)
+    f = cost_of(problem, theta, where, values)
+    first = second = 0.0
+    for draw in itertools.product(range(len(prob)), repeat=n_samples):
+        weight = math.prod(prob[i] for i in draw)
+        fs = [f[i] for i in draw]
+        estimate = sum((fs[n] - (sum(fs) - fs[n]) / (n_samples - 1)) * score[draw[n]] for n in range(n_samples)) / n_samples
+        first += weight * estimate
+        second += weight * estimate**2
+    return first, second - first**2
+
+
+@pytest.mark.parametrize("family, n_samples", [("categorical_toy", 3), ("categorical_toy", 4), ("bernoulli_multi", 2),
+                                               ("bernoulli_toy", 5)])  # fmt: skip
+def test_rloo_u_statistic_matches_enumeration_of_every_draw(family, n_samples):
+    problem = make_problem(family, None, {"logit1": 0.4, "logit3": -0.7} if family == "categorical_toy" else {})
+    exact = exact_moments(problem, Method("score_function_loo"), 0.3, n_samples)
+    mean, var = _rloo_by_enumerating_every_draw(problem, 0.3, n_samples)
+    assert exact.mean == pytest.approx(mean, rel=1e-10, abs=1e-15)
+    assert exact.var == pytest.approx(var, rel=1e-8)
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_softmax", "straight_through"])
+@pytest.mark.parametrize("family", ["bernoulli_toy", "bernoulli_multi"])
+def test_relaxed_means_match_the_problems_exact_bias(family, estimator):
+    problem = make_problem(family)
+    for theta, temperature in ((0.3, 0.5), (-1.2, 1.0)):
+        exact = exact_moments(problem, Method(estimator, (("temperature", temperature),)), theta, 4)
+        assert exact.mean == pytest.approx(problem.exact_mean(theta, estimator, {"temperature": temperature}), rel=1e-8)
+
+
+@pytest.mark.parametrize("estimator, options", [("score_function", ()), ("arm", ()), ("disarm", ()),
+                                                ("rebar", (("eta", 0.7), ("temperature", 0.5)))])  # fmt: skip
+def test_unbiased_discrete_estimators_mean_is_the_gradient(estimator, options):
+    problem = make_problem("bernoulli_toy")
+    for theta in (0.3, -2.0):
+        assert exact_moments(problem, Method(estimator, options), theta, 3).mean == pytest.approx(problem.gradient(theta), rel=1e-8)

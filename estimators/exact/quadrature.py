@@ -16,6 +16,12 @@ LEGENDRE_NODES = 64
 
 
 @lru_cache(maxsize=None)
+def legendre_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre on [−1, 1], computed once per n (numpy solves an eigenproblem each time)."""
+    return np.polynomial.legendre.leggauss(n)
+
+
+@lru_cache(maxsize=None)
 def standard_normal_rule(n: int = HERMITE_NODES) -> tuple[np.ndarray, np.ndarray]:
     """(nodes, weights) with Σ w g(ε) ≈ E[g(ε)], ε ~ N(0, 1); nodes symmetric: reversed nodes are −nodes."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(n)
@@ -26,7 +32,7 @@ def standard_normal_rule(n: int = HERMITE_NODES) -> tuple[np.ndarray, np.ndarray
 def rayleigh_rule(n: int = RAYLEIGH_NODES, upper: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
     """E[g(W)], W ~ Weibull(√2, 2): Gauss–Legendre on [0, upper] against the density w e^{−w²/2}, which is smooth
     on the half-line (no √ at the origin), so any smooth g converges geometrically; the mass beyond 40 is e^{−800}."""
-    nodes, weights = np.polynomial.legendre.leggauss(n)
+    nodes, weights = legendre_rule(n)
     w = 0.5 * upper * (nodes + 1.0)
     return w, 0.5 * upper * weights * w * np.exp(-0.5 * w**2)
 
@@ -41,7 +47,7 @@ def double_sided_maxwell_rule(n: int = HERMITE_NODES) -> tuple[np.ndarray, np.nd
 @lru_cache(maxsize=None)
 def uniform_rule(n: int = LEGENDRE_NODES, low: float = 0.0, high: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """E[g(U)], U ~ Uniform(low, high), Gauss–Legendre: weights sum to 1."""
-    nodes, weights = np.polynomial.legendre.leggauss(n)
+    nodes, weights = legendre_rule(n)
     return low + 0.5 * (high - low) * (nodes + 1.0), 0.5 * weights
 
 
