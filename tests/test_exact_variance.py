@@ -51,7 +51,13 @@ DISCRETE_MONTE_CARLO_CASES = [
     ("bernoulli_multi", None, {}, -0.5, "score_function_loo", (), "none", 3),
     ("categorical_toy", None, {"logit2": 0.5}, 0.2, "score_function_loo", (), "none", 3),
 ]
-MONTE_CARLO_CASES += DISCRETE_MONTE_CARLO_CASES
+DIAGONAL_MONTE_CARLO_CASES = [
+    ("diag_gaussian_quartic", None, {"dim": 6.0, "mu": 0.4}, 0.5, "score_function", (), "none", 4),
+    ("diag_gaussian_quartic", None, {"dim": 6.0, "mu": 0.4}, 0.5, "score_function_loo", (), "none", 4),
+    ("diag_gaussian_quartic", None, {"dim": 6.0, "mu": 0.4}, 0.5, "measure_valued", (), "none", 4),
+    ("diag_gaussian_sum", None, {"dim": 8.0, "mu": 0.2}, -0.3, "finite_difference", STEP, "none", 4),
+]
+MONTE_CARLO_CASES += DISCRETE_MONTE_CARLO_CASES + DIAGONAL_MONTE_CARLO_CASES
 # The deliberately wrong inputs below are checks too (they must fail), so they count in the correction.
 WRONG_INPUT_CASES = 2
 
@@ -208,3 +214,15 @@ def test_unbiased_discrete_estimators_mean_is_the_gradient(estimator, options):
     problem = make_problem("bernoulli_toy")
     for theta in (0.3, -2.0):
         assert exact_moments(problem, Method(estimator, options), theta, 3).mean == pytest.approx(problem.gradient(theta), rel=1e-8)
+
+
+@pytest.mark.parametrize("dim", [1, 4, 64])
+def test_diagonal_sum_matches_its_closed_forms_in_d(dim):
+    # Score function (θ + (D−1)μ)²/σ² + D + 1, pathwise 0, the coupled pair (4 − π)/π, all per sample.
+    mu, sigma, theta = 0.3, 1.5, 0.5
+    problem = make_problem("diag_gaussian_sum", None, {"dim": float(dim), "mu": mu, "sigma": sigma})
+    score = exact_moments(problem, Method("score_function"), theta, 1)
+    assert score.var == pytest.approx((theta + (dim - 1) * mu) ** 2 / sigma**2 + dim + 1, rel=1e-10)
+    assert exact_moments(problem, Method("pathwise"), theta, 1).var == pytest.approx(0.0, abs=1e-20)
+    pair = exact_moments(problem, Method("measure_valued"), theta, 1)
+    assert pair.var == pytest.approx((4 - math.pi) / math.pi, rel=1e-10)
