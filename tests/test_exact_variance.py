@@ -57,7 +57,12 @@ DIAGONAL_MONTE_CARLO_CASES = [
     ("diag_gaussian_quartic", None, {"dim": 6.0, "mu": 0.4}, 0.5, "measure_valued", (), "none", 4),
     ("diag_gaussian_sum", None, {"dim": 8.0, "mu": 0.2}, -0.3, "finite_difference", STEP, "none", 4),
 ]
-MONTE_CARLO_CASES += DISCRETE_MONTE_CARLO_CASES + DIAGONAL_MONTE_CARLO_CASES
+IMPLICIT_MONTE_CARLO_CASES = [
+    ("gamma", "shape", {"power": 1.0}, 1.5, "pathwise", (), "none", 4),
+    ("beta", "b", {"power": 0.0}, 2.0, "score_function", (), "none", 4),
+    ("dirichlet", "alpha1", {"power": 0.0}, 1.3, "pathwise", (), "none", 4),
+]
+MONTE_CARLO_CASES += DISCRETE_MONTE_CARLO_CASES + DIAGONAL_MONTE_CARLO_CASES + IMPLICIT_MONTE_CARLO_CASES
 # The deliberately wrong inputs below are checks too (they must fail), so they count in the correction.
 WRONG_INPUT_CASES = 2
 
@@ -226,3 +231,11 @@ def test_diagonal_sum_matches_its_closed_forms_in_d(dim):
     assert exact_moments(problem, Method("pathwise"), theta, 1).var == pytest.approx(0.0, abs=1e-20)
     pair = exact_moments(problem, Method("measure_valued"), theta, 1)
     assert pair.var == pytest.approx((4 - math.pi) / math.pi, rel=1e-10)
+
+
+@pytest.mark.parametrize("family, wrt, theta", [("gamma", "shape", 1.5), ("gamma", "rate", 2.0), ("beta", "a", 1.5),
+                                                ("dirichlet", "alpha1", 1.3)])  # fmt: skip
+@pytest.mark.parametrize("estimator", ["score_function", "pathwise"])
+def test_implicit_means_are_the_gradient(family, wrt, theta, estimator):
+    problem = make_problem(family, wrt, {"power": 0.0})
+    assert exact_moments(problem, Method(estimator), theta, 2).mean == pytest.approx(problem.gradient(theta), rel=1e-7)
