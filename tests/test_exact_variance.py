@@ -162,13 +162,25 @@ def test_reasons_for_what_has_no_exact_form():
 
 
 def test_a_user_registers_exact_moments_through_the_same_door():
-    @register_exact("my_estimator_for_the_test", "seed_fixed")
+    """A user's estimator (registered as module:attribute would be) gets exact moments from a registered function."""
+    from estimators import ESTIMATORS, custom_estimator
+    from estimators.exact.registry import EXACT_MOMENTS
+
+    pathwise = get_estimator("pathwise")
+    mine = custom_estimator("my_pathwise", pathwise.surrogate, applies=pathwise.skip_reason)
+
+    @register_exact("my_module:my_pathwise", "seed_fixed")
     def exact(problem, method, theta, n_samples):
-        return Exact(3.0, 18.0 / n_samples)
+        return Exact(3.0, 36.0 * theta**2 / n_samples)  # any numbers: what is tested is the door, not the math
 
-    from estimators.exact.registry import exact_function
-
-    assert exact_function("my_estimator_for_the_test", "seed_fixed") is exact
+    try:
+        ESTIMATORS.register("my_module:my_pathwise", mine, "user")
+        moments = exact_moments(make_problem("seed_fixed"), Method("my_module:my_pathwise"), 2.0, 4)
+        assert moments == Exact(3.0, 36.0)
+        assert isinstance(exact_moments(make_problem("seed_dependent"), Method("my_module:my_pathwise"), 2.0, 4), str)
+    finally:
+        ESTIMATORS.unregister("my_module:my_pathwise")
+        EXACT_MOMENTS.unregister("my_module:my_pathwise on seed_fixed")
 
 
 # ---------------------------------------------------------------------------------------------------------
