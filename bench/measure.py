@@ -24,6 +24,7 @@ from scipy import stats
 from torch import Tensor
 
 from estimators import estimate, get_estimator
+from estimators.exact import Exact, exact_moments
 from estimators.variance_reduction import compose
 from estimators.core.random_streams import one_intra_op_thread
 
@@ -266,11 +267,27 @@ def _scalar_statistics(cell: Cell, row: dict, problem, draw) -> bool:
         grad_norm_var=float(np.var(np.abs(finite), ddof=1)),
         objective=_objective(problem, cell.theta),
     )
+    row.update(exact_columns(cell, problem, row))
     notes = [row["note"], problem.heavy_tail_warning(cell.theta), variance_interval_caveat(summary.kurtosis)]
     if not math.isfinite(row["bias_z"]):
         notes.append("estimates are constant")
     row["note"] = "; ".join(n for n in notes if n)
     return True
+
+
+def exact_columns(cell: Cell, problem, row: dict) -> dict:
+    """The cell's exact mean and variance (``estimators.exact``) and whether the measured interval covers the
+    exact variance; or the reason there are none. A failure of the exact computation is recorded, not raised:
+    it must not cost the measured statistics."""
+    try:
+        exact = exact_moments(problem, cell.method_id, cell.theta, cell.n_samples)
+    except Exception as error:  # noqa: BLE001 - a user's registered exact function may raise anything
+        exact = f"the exact computation failed ({type(error).__name__}: {error})"
+    if not isinstance(exact, Exact):
+        return dict(exact_var_note=exact)
+    low, high = row.get("grad_var_ci_low"), row.get("grad_var_ci_high")
+    covered = bool(low <= exact.var <= high) if low is not None and np.isfinite([low, high]).all() else None
+    return dict(exact_mean=exact.mean, exact_var=exact.var, exact_var_covered=covered)
 
 
 def _vector_statistics(cell: Cell, row: dict, problem, draw) -> bool:
@@ -320,6 +337,7 @@ def _vector_statistics(cell: Cell, row: dict, problem, draw) -> bool:
     if summary.biased:
         notes.append(f"largest bias at coordinate {vector.worst_coordinate} of {vector.n_params}")
     row["note"] = "; ".join(notes)
+    row.update(exact_columns(cell, problem, row))
     return True
 
 

@@ -83,7 +83,7 @@ def test_report_says_when_the_best_estimator_is_exact_rather_than_a_huge_ratio(t
     args = ["run", "--problem", "diag_gaussian_sum", "--set", "dim=2", "--theta", "1", "--n", "10", "--replicates",
             "100", "--estimator", "pathwise,score_function", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
     assert run_cli(args, capsys)[0] == 0
-    choice = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| diag_gaussian_sum")]
+    choice = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| diag_gaussian_sum(")]
     assert len(choice) == 1 and "| **pathwise** (zero variance here" in choice[0], choice
     # A noisy best estimator is not called exact.
     noisy = tmp_path / "noisy"

@@ -22,6 +22,7 @@ from ..statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z, family
 from ..table import TABLE_NAME, TableError, latest_rows, load_table
 from . import plots, verdict
 from .verdict import fmt
+from .exact import exact_section
 from .workloads import choice_lines, workload_biases, workload_sections
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
@@ -64,12 +65,28 @@ def _interval(value: float, low: float, high: float, scale: float = 1.0, digits:
     return f"{fmt(value * scale, digits)} [{fmt(low * scale, 3)}, {fmt(high * scale, 3)}]"
 
 
+def _exact_mean(row: pd.Series) -> str:
+    """The exact gradient, and the estimator's own exact mean where it differs (a biased estimator's)."""
+    text = fmt(row["true_grad"])
+    mean = row.get("exact_mean")
+    if mean is not None and np.isfinite(mean) and not math.isclose(mean, row["true_grad"], rel_tol=1e-9, abs_tol=1e-12):
+        text += f" (its mean {fmt(mean)})"
+    return text
+
+
+def _exact_variance(row: pd.Series) -> str:
+    exact = row.get("exact_var")
+    if exact is None or not np.isfinite(exact):
+        return ""
+    return f" / {fmt(exact * row['n_samples'])}" + (" ✗" if row.get("exact_var_covered") is False else "")
+
+
 def ranking_table(rows: pd.DataFrame) -> list[str]:
     """One θ at one N: a Markdown table of estimators ranked by work-normalised variance, with the ratio to the
     best split into its variance and cost factors (each with its 95% interval)."""
     decided = verdict.by_cost(rows)
     lines = [
-        "| rank | estimator | mean ± 1.96·se | exact | bias verdict (z) | per-sample variance [95% CI] "
+        "| rank | estimator | mean ± 1.96·se | exact | bias verdict (z) | per-sample variance [95% CI] / exact "
         "| cost per sample / RNG floor [95% CI] | µs / estimate | work-normalised variance [95% CI] "
         "| × best = variance × cost [95% CIs] |",
         "|---:|---|---|---:|---|---|---|---:|---|---|",
@@ -78,9 +95,9 @@ def ranking_table(rows: pd.DataFrame) -> list[str]:
         n = row["n_samples"]
         lines.append(
             f"| {rank} | {row['estimator']} "
-            f"| {fmt(row['grad_mean'])} ± {fmt(Z95 * row['bias_se'], 2)} | {fmt(row['true_grad'])} "
+            f"| {fmt(row['grad_mean'])} ± {fmt(Z95 * row['bias_se'], 2)} | {_exact_mean(row)} "
             f"| {_verdict(row)} ({fmt(row['bias_z'], 3)}) "
-            f"| {'∞ (sample value ' + fmt(row['per_sample_var']) + ')' if row['variance_infinite'] is True else _interval(row['grad_var'], row['grad_var_ci_low'], row['grad_var_ci_high'], n)} "
+            f"| {'∞ (sample value ' + fmt(row['per_sample_var']) + ')' if row['variance_infinite'] is True else _interval(row['grad_var'], row['grad_var_ci_low'], row['grad_var_ci_high'], n)}{_exact_variance(row)} "
             f"| {_interval(row['relative_cost'], row['relative_cost_ci_low'], row['relative_cost_ci_high'], digits=3)} "
             f"| {fmt(row['seconds_per_estimate'] * 1e6, 3)} "
             f"| {_interval(row['work_normalized_var'], row['work_normalized_var_ci_low'], row['work_normalized_var_ci_high'], digits=3)} "
@@ -566,6 +583,7 @@ for _name, _order, _render in (
     ("choice", 30, _choice_section),
     ("workloads", 40, lambda c: workload_sections(c.workloads, c.skipped, c.out_dir)),
     ("problems", 50, _problem_sections),
+    ("exact", 55, lambda c: exact_section(c.ok)),
     ("sweeps", 60, _sweeps_section),
     ("failed", 70, _failed_section),
     ("environment", 80, _environment_section),

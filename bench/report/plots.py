@@ -81,7 +81,8 @@ def _positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
-    """Variance of the N-sample estimate vs N (log–log) with 95% intervals, one panel per θ; dashed: ∝ 1/N."""
+    """Variance of the N-sample estimate vs N (log–log) with 95% intervals, one panel per θ; a thin solid line is
+    the exact variance where it is known, a dotted one ∝ 1/N from the smallest N elsewhere."""
     thetas = sorted(group["theta"].unique())
     fig, axes = plt.subplots(1, len(thetas), figsize=(4.2 * len(thetas) + 1, 3.8), squeeze=False, sharey=True, layout="constrained")
     for ax, theta in zip(axes[0], thetas):
@@ -93,15 +94,26 @@ def variance_vs_n(group: pd.DataFrame, title: str, path: Path) -> Path:
             ax.errorbar(rows["n_samples"], rows["grad_var"], yerr=err, ms=4, capsize=3, **style)
             first = rows.iloc[0]
             ns = rows["n_samples"].to_numpy(dtype=float)
-            ax.plot(ns, first["grad_var"] * first["n_samples"] / ns, ls=":", lw=1, color=style["color"])
+            if _has_exact(rows):
+                ax.plot(ns, rows["exact_var"], ls="-", lw=1, alpha=0.6, color=style["color"])
+            else:
+                ax.plot(ns, first["grad_var"] * first["n_samples"] / ns, ls=":", lw=1, color=style["color"])
         ax.set(xscale="log", yscale="log", xlabel="N (samples per estimate)", title=f"θ = {theta:g}")
     axes[0][0].set_ylabel("variance of the estimate")
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], ls=":", color="grey"))
     labels.append("∝ 1/N from N_min")
+    if _has_exact(group):
+        handles.append(plt.Line2D([], [], ls="-", lw=1, color="grey"))
+        labels.append("exact variance")
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{title}: variance vs N", fontsize=10)
     return save_figure(fig, path)
+
+
+def _has_exact(rows: pd.DataFrame) -> bool:
+    """Every row has an exact variance, so a line through them is the exact curve."""
+    return "exact_var" in rows and len(rows) > 0 and bool(rows["exact_var"].notna().all() and (rows["exact_var"] > 0).all())
 
 
 def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) -> Path:
@@ -112,7 +124,12 @@ def per_sample_variance_vs(group: pd.DataFrame, x: str, title: str, path: Path) 
     for estimator, rows in rows_all.groupby("estimator", sort=False):
         rows = rows.sort_values(x)
         err = [(rows["grad_var"] - rows["grad_var_ci_low"]) * n_max, (rows["grad_var_ci_high"] - rows["grad_var"]) * n_max]
-        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **estimator_style(estimator, rows))
+        style = estimator_style(estimator, rows)
+        ax.errorbar(rows[x], rows["per_sample_var"], yerr=err, ms=4, capsize=3, **style)
+        if _has_exact(rows):
+            ax.plot(rows[x], rows["exact_var"] * n_max, ls="-", lw=1, alpha=0.6, color=style["color"])
+    if _has_exact(rows_all):
+        ax.plot([], [], ls="-", lw=1, color="grey", label="exact (lines)")
     label = "θ" if x == "theta" else x
     ax.set(yscale="log", xlabel=label, ylabel=f"per-sample variance (N = {n_max})")
     ax.legend(fontsize=8)
@@ -270,4 +287,26 @@ def variance_along_training(group: pd.DataFrame, title: str, path: Path) -> Path
     axes[1].set(yscale="log", xlabel="training step (checkpoint)", ylabel="work-normalised variance (RNG-floor units)")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: variance along training", fontsize=10)
+    return save_figure(fig, path)
+
+
+def exact_variance_curves(frame: pd.DataFrame, path: Path) -> Path:
+    """Exact per-sample variance against the swept quantity (log y): a row of panels per wrt, a column per problem,
+    a line per estimator (Mohamed et al. 2020, Figure 2, for the default request of `varbench exact`)."""
+    problems, wrts = list(dict.fromkeys(frame["problem"])), list(dict.fromkeys(frame["wrt"]))
+    fig, axes = plt.subplots(len(wrts), len(problems), figsize=(4.2 * len(problems) + 1.5, 3.2 * len(wrts)),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    for i, wrt in enumerate(wrts):
+        for j, problem in enumerate(problems):
+            ax = axes[i][j]
+            panel = frame[(frame["wrt"] == wrt) & (frame["problem"] == problem)]
+            for index, (estimator, rows) in enumerate(panel.groupby("estimator", sort=False)):
+                positive = rows["per_sample_var"].where(rows["per_sample_var"] > 0)  # gaps where there is no value
+                ax.plot(rows["x"], positive, color=colour(estimator), lw=1.5, ls=("-", "--", "-.", ":")[index % 4],
+                        label=estimator)  # fmt: skip
+            ax.set(yscale="log", title=f"{problem} wrt {wrt}", xlabel=frame["over"].iloc[0])
+            if j == 0:
+                ax.set_ylabel(f"exact per-sample variance (N = {frame['n_samples'].iloc[0]})")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
     return save_figure(fig, path)
