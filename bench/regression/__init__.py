@@ -10,6 +10,10 @@ A variance is itself a random quantity, so the gate is a statistical test, not a
 - **bias**: an estimator that theory calls unbiased regresses when its mean differs significantly from the
   exact gradient (Holm across the grid), whatever the baseline says. For estimators biased in theory, a
   significant change of |bias| against the baseline is a regression (larger) or an improvement (smaller).
+- **exact_variance**, **exact_mean**: where ``estimators.exact`` knows a cell's exact variance, the measured
+  variance is tested against it (two-sided z on the log scale from the Bonett interval, Holm across the grid),
+  and an estimator biased in theory has its mean tested against its exact mean. A significant deviation is a
+  regression whatever the baseline says: the reference has no noise.
 - **speed**: pytest-benchmark runs of ``bench/speed_benchmarks.py``; ratio of each call's median cost
   relative to ``torch.randn`` of the same size (timed beside every round) with a bootstrap interval. Reported
   always; a regression only when the baseline was recorded on the same machine fingerprint and the ratio is at
@@ -37,7 +41,7 @@ import pandas as pd
 from scipy import stats
 
 from .. import environment, run_folder
-from ..statistics import Z95, holm
+from ..statistics import FLOAT32_EPS, Z95, holm, rounding_resolution
 from ..table import TABLE_NAME, TableError, latest_rows, load_table
 
 ALPHA = 0.01  # family-wise false-alarm rate per metric across the whole grid (Holm)
@@ -182,6 +186,45 @@ def _compare_bias(pairs: pd.DataFrame, alpha: float) -> list[dict]:
     return out
 
 
+def _compare_exact(new_ok: pd.DataFrame, alpha: float) -> list[dict]:
+    """Measured against exact, no baseline needed: the variance of every cell with an exact variance, and the mean
+    of every estimator biased in theory with an exact mean (an unbiased one's mean is the bias test's). A
+    significant deviation (Holm over the cells, per metric) is a regression whatever the baseline says."""
+    out = []
+    if "exact_var" not in new_ok:
+        return out
+    rows = new_ok[new_ok["exact_var"].notna() & (new_ok["exact_var"] > 0) & (new_ok["grad_var"] > 0)
+                  & new_ok["grad_var_ci_low"].notna()]  # fmt: skip
+    se = log_variance_se(rows)
+    centre = (np.log(rows["grad_var_ci_low"]) + np.log(rows["grad_var_ci_high"])) / 2  # the interval's own centre
+    z = (centre - np.log(rows["exact_var"])) / se
+    p = 2 * stats.norm.sf(np.abs(z.to_numpy(dtype=float)))
+    adjusted = holm(p)
+    for i, (_, row) in enumerate(rows.iterrows()):
+        regressed = adjusted[i] < alpha
+        out.append(_identity(row) | dict(
+            metric="exact_variance", verdict="regressed" if regressed else "ok", baseline=row["exact_var"],
+            new=row["grad_var"], ratio=row["grad_var"] / row["exact_var"],
+            ci_low=row["grad_var_ci_low"] / row["exact_var"], ci_high=row["grad_var_ci_high"] / row["exact_var"],
+            p_value=p[i], p_adjusted=adjusted[i],
+            note="the measured variance differs significantly from the exact variance" if regressed else "exact variance: baseline column holds it"))  # fmt: skip
+    biased = new_ok[new_ok["exact_mean"].notna() & ~new_ok["expected_unbiased"].astype(bool) & (new_ok["bias_se"] > 0)]
+    eps = np.where(biased["dtype"] == "float64", np.finfo(np.float64).eps, FLOAT32_EPS)
+    resolution = [rounding_resolution(r.exact_mean, r.grad_mean, math.sqrt(r.grad_var), e) for r, e in zip(biased.itertuples(), eps)]
+    z = (biased["grad_mean"] - biased["exact_mean"]) / np.hypot(biased["bias_se"], resolution)
+    p = 2 * stats.norm.sf(np.abs(z.to_numpy(dtype=float)))
+    adjusted = holm(p)
+    for i, (_, row) in enumerate(biased.iterrows()):
+        regressed = adjusted[i] < alpha
+        half = Z95 * row["bias_se"]
+        out.append(_identity(row) | dict(
+            metric="exact_mean", verdict="regressed" if regressed else "ok", baseline=row["exact_mean"],
+            new=row["grad_mean"], ratio=math.nan, ci_low=row["grad_mean"] - half, ci_high=row["grad_mean"] + half,
+            p_value=p[i], p_adjusted=adjusted[i],
+            note="biased in theory; the mean differs significantly from its exact mean" if regressed else "exact mean: baseline column holds it"))  # fmt: skip
+    return out
+
+
 def compare_tables(
     baseline: pd.DataFrame, new: pd.DataFrame, *, alpha: float = ALPHA, min_ratio: float = MIN_VARIANCE_RATIO
 ) -> pd.DataFrame:
@@ -202,6 +245,7 @@ def compare_tables(
     if len(pairs):
         rows += _compare_variance(pairs, alpha, min_ratio)
         rows += _compare_bias(pairs, alpha)
+    rows += _compare_exact(new_ok[~new_ok["variance_infinite"].eq(True)].infer_objects(), alpha)
     for _, row in new_ok[~new_ok["cell_id"].isin(base_ok["cell_id"])].iterrows():
         rows.append(_identity(row) | dict(metric="cell", verdict="new", note="not in the baseline"))
     for _, row in base_ok[~base_ok["cell_id"].isin(new_ok["cell_id"])].iterrows():
@@ -476,6 +520,10 @@ def describe_verdict(row: pd.Series) -> str:
         where += f" N={int(row['n_samples'])}"
     if row["metric"] in ("variance", "speed") and pd.notna(row["ratio"]):
         what = f"{row['metric']} ratio new/baseline {row['ratio']:.3g} [95% CI {row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+    elif row["metric"] == "exact_variance" and pd.notna(row["ratio"]):
+        what = f"variance measured/exact {row['ratio']:.3g} [95% CI {row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+    elif row["metric"] == "exact_mean" and pd.notna(row["new"]):
+        what = f"mean {row['new']:.4g} [95% CI {row['ci_low']:.4g}, {row['ci_high']:.4g}] against exact {row['baseline']:.4g}"
     elif row["metric"] == "bias" and pd.notna(row["new"]):
         what = f"bias {row['new']:.4g} [95% CI {row['ci_low']:.4g}, {row['ci_high']:.4g}]"
     else:
