@@ -24,12 +24,13 @@ from estimators import (
 
 from . import environment, run_folder
 from .environment import DeviceError
+from .exact_curves import ExactCurveError
 from .executors import EXECUTORS, ExecutorError, open_executor
 from .grid import DTYPES, MIN_REPLICATES, PRESETS, GridError, Sweep, check_base_seed, default_estimators, expand, preset
 from .regression import BaselineError
 from .table import TABLE_NAME, TableError
 
-USER_ERRORS = (ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError,
+USER_ERRORS = (ExactCurveError, ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError,
                ExecutorError, run_folder.RunFolderError)
 
 
@@ -297,6 +298,50 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if check.passed(rows) else 1
 
 
+def _exact(args: argparse.Namespace) -> int:
+    from . import exact_curves
+    from .report import plots, replace_whole
+
+    request = exact_curves.CurveRequest()
+    changes: dict = {}
+    if args.problem is not None:
+        changes["problems"] = _names(args.problem, "--problem", "problem names (see `varbench list`)")
+        changes["wrts"] = None  # each problem's first, unless --wrt says
+    if args.wrt is not None:
+        changes["wrts"] = _names(args.wrt, "--wrt", "parameter names (see `varbench list`)")
+    if args.over is not None:
+        changes["axis"] = exact_curves.parse_axis(args.over)
+    if args.estimator is not None:
+        changes["estimators"] = _names(args.estimator, "--estimator", "estimator names (see `varbench list`)")
+    if args.set:
+        changes["params"] = tuple(sorted((k, _single(v, f"--set {k}")) for k, v in _params(args.set).items()))
+    if args.theta is not None:
+        changes["theta"] = _single(_floats(args.theta, "--theta"), "--theta")
+    if args.n is not None:
+        changes["n_samples"] = _single(_ints(args.n, "--n"), "--n")
+    request = dataclasses.replace(request, **changes)
+    exact_curves.validate(request)  # every value checked before the folder is touched
+    out = Path(args.out)
+    run_folder.check_claimable(out, "exact")
+    run_folder.ensure_writable(out)
+    with run_folder.locked(out, "exact", wait_hint=""):
+        claim = run_folder.claim(out, "exact", exact_curves.EXACT_FILES)
+        frame = exact_curves.curves(request)
+        replace_whole(out / "exact.csv", frame.to_csv(index=False).encode("utf-8"))
+        plots.exact_variance_curves(frame, out / "exact.png")
+        claim.record()
+    filled = int(frame["exact_var"].notna().sum())
+    print(f"varbench: {filled} of {len(frame)} exact values in {out / 'exact.csv'} (the others: see its note column); "
+          f"plot {out / 'exact.png'}")  # fmt: skip
+    return 0
+
+
+def _single(values: tuple, flag: str):
+    if len(values) != 1:
+        raise UsageError(f"{flag} takes one value here (sweep with --over), got {len(values)}")
+    return values[0]
+
+
 def _report(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not (folder / TABLE_NAME).is_file():
@@ -412,6 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = commands.add_parser("schema", help="print the results table's schema (Markdown, as in docs/schema.md)")
     sch.set_defaults(handler=_schema)
+
+    exa = commands.add_parser("exact", help="exact variance curves over a grid of θ or a problem parameter, no "
+                              "sampling (default: Mohamed et al. 2020, Figure 2) -> exact.csv, exact.png")  # fmt: skip
+    exa.add_argument("--problem", help="problem name(s), comma-separated (default: the three Gaussian test costs)")
+    exa.add_argument("--wrt", help="parameter(s) θ stands for, comma-separated (default: mu,sigma)")
+    exa.add_argument("--over", metavar="NAME=LOW:HIGH:STEPS", help="the swept quantity: theta or a problem "
+                     "parameter (default: k=-5:5:200)")  # fmt: skip
+    exa.add_argument("--estimator", help="estimator name(s), comma-separated (default: score_function,pathwise,"
+                     "measure_valued)")  # fmt: skip
+    exa.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="fixed problem parameter; repeatable")
+    exa.add_argument("--theta", help="θ when --over is a problem parameter (default: the family's default value)")
+    exa.add_argument("--n", help="samples per estimate (default 1: per-sample variance)")
+    exa.add_argument("--out", default="results/exact", type=_text("a folder"), help="folder for exact.csv and exact.png")
+    exa.set_defaults(handler=_exact)
 
     chk = commands.add_parser("check", help="check an estimator (yours: module:attribute) against every shipped problem")
     chk.add_argument("estimator", help="estimator name, module:attribute, or an installed plug-in's name")
