@@ -49,7 +49,7 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("exact_mean", "float", "exact mean of one N-sample estimate, computed without sampling (estimators.exact: closed forms, quadrature, enumeration); differs from true_grad for a biased estimator; empty where exact_var_note says why"),
     ("exact_var", "float", "exact variance of one N-sample estimate (the quantity grad_var estimates), computed the same way; empty where exact_var_note says why"),
     ("exact_var_note", "str", "why exact_mean and exact_var are empty (no exact form registered for the estimator on this problem, a trained control variate, a workload, infinite variance, …); empty when they are filled"),
-    ("exact_var_covered", "bool", "exact_var lies inside [grad_var_ci_low, grad_var_ci_high]; over many cells about 95% should (the report counts them); empty without both"),
+    ("exact_var_covered", "bool", "exact_var lies inside [grad_var_ci_low, grad_var_ci_high]; over many cells about 95% should (the report counts them); empty without both, or where both variances are at the dtype's rounding (exact_var_note says so)"),
     ("mse", "float", "bias² + grad_var (workloads: bias²/n_params + grad_var, per coordinate)"),
     ("n_params", "int", "coordinates of the gradient: 1 for problems with scalar θ; the parameter vector's size for workloads"),
     ("grad_var_max", "float", "largest per-coordinate variance of the estimates (= grad_var when n_params = 1)"),

@@ -43,6 +43,17 @@ def test_a_cell_without_an_exact_value_says_why():
     assert pd.isna(row["exact_var"]) and row["exact_var_covered"] is None and "train" in row["exact_var_note"].lower()
 
 
+def test_a_cell_whose_exact_variance_is_zero_is_not_judged_on_float_rounding():
+    # f = (x − k)² at μ = k: the measured-valued pair f(μ + σW) − f(μ − σW) cancels exactly, so its exact
+    # variance is 0 and the float32 estimates differ only by rounding; plain MC is judged as usual.
+    frame = measure_cells([Sweep("gaussian_quadratic", thetas=(1.0,), wrt="mu", params={"k": (1.0,)},
+                                 estimators=("measure_valued", "pathwise"), n_samples=(10,), replicates=400)], 0)  # fmt: skip
+    mvd, pathwise = (frame[frame["estimator"] == name].iloc[0] for name in ("measure_valued", "pathwise"))
+    assert mvd["exact_var"] < 1e-20 and 0 < mvd["grad_var"] < 1e-12
+    assert mvd["exact_var_covered"] is None and "rounding: not compared" in mvd["exact_var_note"]
+    assert pathwise["exact_var_covered"] is not None and pathwise["exact_var"] == pytest.approx(0.4)
+
+
 def test_coverage_counts_covered_cells_with_a_clopper_pearson_interval():
     ok = pd.DataFrame({"exact_var_covered": [True] * 19 + [False] + [None] * 3})
     covered, total, low, high = coverage(ok)

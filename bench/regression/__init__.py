@@ -193,8 +193,8 @@ def _compare_exact(new_ok: pd.DataFrame, alpha: float) -> list[dict]:
     out = []
     if "exact_var" not in new_ok:
         return out
-    rows = new_ok[new_ok["exact_var"].notna() & (new_ok["exact_var"] > 0) & (new_ok["grad_var"] > 0)
-                  & new_ok["grad_var_ci_low"].notna()]  # fmt: skip
+    # The cells the run judged against exact (exact_var_covered set): not those at float rounding, not infinite.
+    rows = new_ok[new_ok["exact_var_covered"].notna() & (new_ok["exact_var"] > 0) & (new_ok["grad_var"] > 0)]
     se = log_variance_se(rows)
     centre = (np.log(rows["grad_var_ci_low"]) + np.log(rows["grad_var_ci_high"])) / 2  # the interval's own centre
     z = (centre - np.log(rows["exact_var"])) / se

@@ -51,6 +51,8 @@ def exact_moments(problem: Problem, method: Method, theta: float, n_samples: int
     result = function(problem, method, theta, n_samples)
     if isinstance(result, Exact) and not (math.isfinite(result.mean) and math.isfinite(result.var)):
         return f"the exact moments are not finite here (mean {result.mean:g}, variance {result.var:g})"
+    if isinstance(result, Exact) and result.var < 0:  # a numerical failure must not pass for a value
+        return f"the exact computation failed here (variance {result.var:.3g} < 0)"
     return result
 
 
