@@ -7,7 +7,7 @@ OUT ?= results/default
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick full test test-fast regress baseline perf peers report list clean install
+.PHONY: bench quick full test test-fast regress baseline perf exact peers report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
@@ -33,6 +33,9 @@ baseline: $(VENV)/.installed ## re-record results/baseline/ (the ci grid + speed
 perf: $(VENV)/.installed ## performance report on every available device -> results/perf/{perf.csv,perf.md}
 	$(BIN)/varbench perf --device auto --out results/perf
 
+exact: $(VENV)/.installed ## exact variance curves, no sampling (Mohamed et al.'s Figure 2) -> results/exact/
+	$(BIN)/varbench exact --out results/exact
+
 report: $(VENV)/.installed ## re-render $(OUT)/report.md from its table without re-running
 	$(BIN)/varbench report $(OUT)
 
@@ -52,6 +55,6 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test,dask]"
 	touch $@
 
-clean: ## remove generated results (keeps results/README.md and results/baseline/) and the venv
-	find results -mindepth 1 -maxdepth 1 ! -name README.md ! -name baseline -exec rm -rf {} +
+clean: ## remove the make targets' results folders (not results/baseline/, not folders you made) and the venv
+	rm -rf results/default results/quick results/full results/regress results/perf results/exact results/peers results/latest
 	rm -rf $(VENV) .pytest_cache .benchmarks
