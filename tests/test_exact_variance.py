@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,8 @@ IMPLICIT_MONTE_CARLO_CASES = [
     ("gamma", "shape", {"power": 1.0}, 1.5, "pathwise", (), "none", 4),
     ("beta", "b", {"power": 0.0}, 2.0, "score_function", (), "none", 4),
     ("dirichlet", "alpha1", {"power": 0.0}, 1.3, "pathwise", (), "none", 4),
+    ("gamma", "shape", {"power": 0.0}, 0.1, "pathwise", (), "none", 4),  # small α: x down to e^-1000
+    ("gamma", "shape", {"power": 2.0}, 0.1, "score_function", (), "none", 4),
 ]
 MONTE_CARLO_CASES += DISCRETE_MONTE_CARLO_CASES + DIAGONAL_MONTE_CARLO_CASES + IMPLICIT_MONTE_CARLO_CASES
 # The deliberately wrong inputs below are checks too (they must fail), so they count in the correction.
@@ -245,9 +248,81 @@ def test_diagonal_sum_matches_its_closed_forms_in_d(dim):
     assert pair.var == pytest.approx((4 - math.pi) / math.pi, rel=1e-10)
 
 
-@pytest.mark.parametrize("family, wrt, theta", [("gamma", "shape", 1.5), ("gamma", "rate", 2.0), ("beta", "a", 1.5),
-                                                ("dirichlet", "alpha1", 1.3)])  # fmt: skip
+SMALL_TO_LARGE = (0.01, 0.1, 0.5, 1.0, 3.0)  # concentrations; 0.01 and 0.1 once gave negative variances
+
+
+@pytest.mark.parametrize("family, wrt, params", [("gamma", "shape", {"power": 0.0}), ("gamma", "shape", {"power": 2.0}),
+                                                 ("gamma", "rate", {"power": 1.0}), ("beta", "a", {"power": 0.0}),
+                                                 ("beta", "b", {"power": 2.0}), ("dirichlet", "alpha1", {"power": 0.0})])  # fmt: skip
 @pytest.mark.parametrize("estimator", ["score_function", "pathwise"])
-def test_implicit_means_are_the_gradient(family, wrt, theta, estimator):
-    problem = make_problem(family, wrt, {"power": 0.0})
-    assert exact_moments(problem, Method(estimator), theta, 2).mean == pytest.approx(problem.gradient(theta), rel=1e-7)
+def test_implicit_means_are_the_gradient(family, wrt, params, estimator):
+    problem = make_problem(family, wrt, params)
+    for theta in SMALL_TO_LARGE:
+        assert exact_moments(problem, Method(estimator), theta, 2).mean == pytest.approx(problem.gradient(theta), rel=1e-7)
+
+
+def _psi(order: int, x: float) -> float:
+    from scipy.special import polygamma
+
+    return float(polygamma(order, x))
+
+
+def _log_score_variance(cumulants: tuple[float, float, float], m: float) -> float:
+    # g = (c + m)·c with c = log x − E log x, E c² = κ2, E c³ = κ3, E c⁴ = κ4 + 3κ2²: Var g = κ4 + 2κ2² + 2mκ3 + m²κ2.
+    k2, k3, k4 = cumulants
+    return k4 + 2 * k2**2 + 2 * m * k3 + m**2 * k2
+
+
+def _gamma_power_moment(shape: float, rate: float, k: float, log_power: int) -> float:
+    """E[x^k (log x)^j], j ∈ {0, 2}, x ~ Gamma(shape, rate): tilting by x^k gives Gamma(shape + k, rate)."""
+    from scipy.special import gammaln
+
+    scale = math.exp(gammaln(shape + k) - gammaln(shape)) * rate**-k
+    if log_power == 0:
+        return scale
+    return scale * (_psi(1, shape + k) + (_psi(0, shape + k) - math.log(rate)) ** 2)
+
+
+@pytest.mark.parametrize("alpha", SMALL_TO_LARGE)
+def test_implicit_score_function_matches_closed_forms(alpha):
+    rate, n = 1.5, 3
+    score = Method("score_function")
+    # Gamma shape, f = log x: the score is c, the term (c + m)·c, log x's cumulants ψ^(k−1)(α).
+    m = _psi(0, alpha) - math.log(rate)
+    got = exact_moments(make_problem("gamma", "shape", {"power": 0.0, "rate": rate}), score, alpha, n)
+    assert got.mean == pytest.approx(_psi(1, alpha), rel=1e-9)
+    assert got.var == pytest.approx(_log_score_variance((_psi(1, alpha), _psi(2, alpha), _psi(3, alpha)), m) / n, rel=1e-7)
+    # Gamma shape, f = x^p: E[x^{2p}(log βx − ψ(α))²] under the x^{2p} tilt, Gamma(α + 2p, β).
+    for p in (1.0, 2.0):
+        problem = make_problem("gamma", "shape", {"power": p, "rate": rate})
+        second = _gamma_power_moment(alpha, rate, 2 * p, 0) * (_psi(1, alpha + 2 * p) + (_psi(0, alpha + 2 * p) - _psi(0, alpha)) ** 2)
+        mean = problem.gradient(alpha)
+        assert exact_moments(problem, score, alpha, n).var == pytest.approx((second - mean**2) / n, rel=1e-7)
+    # Gamma rate (θ = β, shape α), f = log x: term log x·(α/β − x), expanded in E[x^k log² x].
+    problem = make_problem("gamma", "rate", {"power": 0.0, "shape": alpha})
+    a_b = alpha / rate
+    second = sum(c * _gamma_power_moment(alpha, rate, k, 2) for k, c in ((0, a_b**2), (1, -2 * a_b), (2, 1.0)))
+    assert exact_moments(problem, score, rate, n).var == pytest.approx((second - 1 / rate**2) / n, rel=1e-7)
+    # Beta(a, b) wrt a, f = log x: as gamma with cumulants ψ^(k−1)(a) − ψ^(k−1)(a + b); and dirichlet's marginal.
+    for family, wrt, b, params in (("beta", "a", 0.7, {"b": 0.7}), ("dirichlet", "alpha1", 0.4, {"rest": 0.2})):
+        problem = make_problem(family, wrt, {"power": 0.0, **params})
+        kappa = tuple(_psi(k, alpha) - _psi(k, alpha + b) for k in (1, 2, 3))
+        got = exact_moments(problem, score, alpha, n)
+        assert got.mean == pytest.approx(kappa[0], rel=1e-9)
+        assert got.var == pytest.approx(_log_score_variance(kappa, _psi(0, alpha) - _psi(0, alpha + b)) / n, rel=1e-7)
+
+
+def test_implicit_small_concentration_asymptotics_match_the_cdf_difference():
+    # Where x (or βx) is tiny the pathwise velocity switches from a difference of the CDF to F's leading power
+    # term; just above the switch, where the difference is still accurate, both must agree.
+    from estimators.exact import implicit
+
+    cases = ((implicit._gamma(0.1, 1.0, "first", 0.0), -40.0), (implicit._beta(0.1, 0.7, "first", 0.0), -40.0),
+             (implicit._beta(0.7, 0.1, "second", 0.0), 40.0), (implicit._beta(0.1, 0.7, "second", 0.0), -40.0),
+             (implicit._beta(0.7, 0.1, "first", 0.0), 40.0))
+    for setup, t in cases:
+        asymptotic = setup.pathwise_term(np.array([t]))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(implicit, "ASYMPTOTIC_BELOW", 1e-300)
+            difference = setup.pathwise_term(np.array([t]))
+        assert asymptotic == pytest.approx(difference, rel=1e-6)
