@@ -51,6 +51,10 @@ DISCRETE_MONTE_CARLO_CASES = [
     ("bernoulli_multi", None, {}, -0.5, "straight_through", RELAXED, "none", 3),
     ("bernoulli_multi", None, {}, -0.5, "score_function_loo", (), "none", 3),
     ("categorical_toy", None, {"logit2": 0.5}, 0.2, "score_function_loo", (), "none", 3),
+    ("categorical_toy", None, {"logit2": 0.5}, 0.2, "gumbel_softmax", RELAXED, "none", 3),
+    ("categorical_toy", None, {"logit1": -0.4}, -0.6, "straight_through", (("temperature", 0.7),), "none", 2),
+    ("categorical_toy", None, {"logit2": 0.5}, 0.2, "rebar", (("eta", 0.6), ("temperature", 0.5)), "none", 3),
+    ("bernoulli_multi", None, {}, -0.5, "rebar", (("eta", 1.0), ("temperature", 0.5)), "none", 3),
 ]
 DIAGONAL_MONTE_CARLO_CASES = [
     ("diag_gaussian_quartic", None, {"dim": 6.0, "mu": 0.4}, 0.5, "score_function", (), "none", 4),
@@ -235,6 +239,62 @@ def test_unbiased_discrete_estimators_mean_is_the_gradient(estimator, options):
     for theta in (0.3, -2.0):
         assert exact_moments(problem, Method(estimator, options), theta, 3).mean == pytest.approx(problem.gradient(theta), rel=1e-8)
 
+
+CATEGORICAL = {"logit1": -0.3, "logit2": 0.5}
+
+
+def _relaxed_objective(problem, theta: float, temperature: float) -> float:
+    """E f(softmax((log p + G)/τ)) on the module's Gumbel-difference rule: Gumbel-softmax's mean is its θ-derivative."""
+    import numpy as np
+
+    from estimators.exact.discrete import cost_of, difference_rule, latent
+
+    where = latent(problem, theta)
+    log_p = where.logits - np.logaddexp.reduce(where.logits)
+    d, weights = difference_rule((np.inf,) * (len(log_p) - 1), 16)
+    scores = (log_p[:, None] + np.vstack([np.zeros((1, d.shape[1])), d])) / temperature
+    soft = np.exp(scores - scores.max(axis=0))
+    soft /= soft.sum(axis=0)
+    return float(np.sum(weights * cost_of(problem, theta, where, soft.T)) / np.sum(weights))
+
+
+@pytest.mark.parametrize("theta, temperature", [(0.2, 0.5), (-1.5, 1.0)])
+def test_categorical_relaxed_mean_is_the_derivative_of_the_relaxed_objective(theta, temperature):
+    # The pathwise derivative of a smooth relaxation averages to the derivative of its mean; straight-through
+    # equals Gumbel-softmax here because the cost is linear (∂f/∂x = c wherever it is taken).
+    problem, h = make_problem("categorical_toy", None, CATEGORICAL), 1e-4
+    relaxed = (("temperature", temperature),)
+    exact = exact_moments(problem, Method("gumbel_softmax", relaxed), theta, 3)
+    above, below = (_relaxed_objective(problem, theta + step, temperature) for step in (h, -h))
+    slope = (above - below) / (2 * h)
+    assert exact.mean == pytest.approx(slope, rel=1e-6)
+    straight = exact_moments(problem, Method("straight_through", relaxed), theta, 3)
+    assert (straight.mean, straight.var) == pytest.approx((exact.mean, exact.var), rel=1e-12)
+
+
+@pytest.mark.parametrize("family, params", [("categorical_toy", CATEGORICAL), ("bernoulli_multi", {"t1": 0.3})])
+def test_rebar_mean_is_the_gradient_on_the_multivariate_latents(family, params):
+    problem = make_problem(family, None, params)
+    for theta, eta in ((0.3, 1.0), (-2.0, 0.4)):
+        exact = exact_moments(problem, Method("rebar", (("eta", eta), ("temperature", 0.5))), theta, 3)
+        assert exact.mean == pytest.approx(problem.gradient(theta), rel=1e-6)
+
+
+def test_relaxation_quadratures_converge_when_the_nodes_double():
+    from estimators.exact import discrete
+    from estimators.exact.registry import keyed
+
+    categorical = keyed(make_problem("categorical_toy", None, CATEGORICAL))
+    multi = keyed(make_problem("bernoulli_multi"))
+    pairs = [
+        (discrete._relaxed_categorical(categorical, "gumbel_softmax", 0.5, 0.2),
+         discrete._relaxed_categorical(categorical, "gumbel_softmax", 0.5, 0.2, 2 * discrete.DIFFERENCE_NODES)),
+        (discrete._rebar_categorical(categorical, 0.5, 1.0, -1.0),
+         discrete._rebar_categorical(categorical, 0.5, 1.0, -1.0, 2 * discrete.DIFFERENCE_NODES)),
+        (discrete._rebar(multi, 0.5, 1.0, -0.5), discrete._rebar(multi, 0.5, 1.0, -0.5, 2 * discrete.REBAR_NODES)),
+    ]
+    for (_, var), (_, doubled) in pairs:
+        assert abs(var - doubled) < 1e-6 * doubled
 
 @pytest.mark.parametrize("dim", [1, 4, 64])
 def test_diagonal_sum_matches_its_closed_forms_in_d(dim):

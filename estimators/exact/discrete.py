@@ -1,12 +1,14 @@
 """Exact moments on the discrete problems (bernoulli_toy, bernoulli_multi, categorical_toy): enumeration of the
 outcomes for the score function, RLOO and naive; enumeration of the cells of the uniform noise u where ARM's and
 DisARM's pairs are constant; Gauss–Legendre over u (and REBAR's conditional v) for the relaxations at fixed
-temperature. Per-sample moments, then / N (the samples of an estimate are independent). Formulas: docs/math.md.
+temperature on Bernoulli coordinates, and over the K − 1 Gumbel differences on a categorical. Per-sample
+moments, then / N (the samples of an estimate are independent). Formulas: docs/math.md.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,6 +28,10 @@ BERNOULLI_FAMILIES = ("bernoulli_toy", "bernoulli_multi")
 # integrands are smooth on each.
 RELAXED_NODES = 256
 REBAR_NODES = 128  # per piece and dimension of REBAR's (u, v) product rule
+# Categorical relaxations: composite Legendre in each Gumbel difference d_k = G_k − G_0, graded pieces (fine
+# where the softmax turns, wide in the exponential tails; the mass beyond ±30 is < 1e-13).
+DIFFERENCE_EDGES = (-30.0, -16.0, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+DIFFERENCE_NODES = 8  # per piece at τ ≥ ½; the softmax turns over a width τ, so smaller τ scales this by ½/τ
 
 
 @dataclass(frozen=True)
@@ -164,32 +170,190 @@ def _relaxed(problem: Keyed, estimator: str, temperature: float, theta: float) -
     return mean, var
 
 
+@lru_cache(maxsize=16)
+def difference_rule(uppers: tuple[float, ...], nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Product rule over Gumbel differences d_k = G_k − G_b < uppers[k] (K − 1 of them; +inf for no bound), weights
+    times their joint density (K − 1)! e^{−Σd} / (1 + Σ e^{−d})^K (G_b integrated out), so Σ w g(d) ≈
+    E[g(d) 1[d < uppers]]. The same law is that of −log(E_k / E_b) for independent exponentials E. Nodes are
+    columns of d [K − 1, n]: numpy reduces over a short leading axis far faster than over a short last one."""
+    x, w = legendre_rule(nodes)
+    lines, line_weights = [], []
+    for upper in uppers:
+        bound = float(np.clip(upper, DIFFERENCE_EDGES[0], DIFFERENCE_EDGES[-1]))
+        edges = np.array([e for e in DIFFERENCE_EDGES if e < bound] + [bound])
+        lo, hi = edges[:-1, None], edges[1:, None]
+        lines.append((lo + 0.5 * (hi - lo) * (x + 1.0)).ravel())
+        line_weights.append((0.5 * (hi - lo) * w).ravel())
+    d = np.stack(np.meshgrid(*lines, indexing="ij")).reshape(len(uppers), -1)
+    weight = np.ones(1)
+    for line_weight in line_weights:
+        weight = np.multiply.outer(weight, line_weight)
+    tail = np.exp(-d)
+    dims = len(uppers)
+    density = np.exp(math.lgamma(dims + 1) - np.log1p(tail.sum(axis=0)) * (dims + 1) - d.sum(axis=0))
+    return d, weight.ravel() * density
+
+
+def simplex_slopes(problem: Problem, theta: float, x: np.ndarray) -> np.ndarray:
+    """∂f/∂x_k at the points x of the simplex (rows of [n, K]), as autograd sees the cost."""
+    grid = torch.as_tensor(x, dtype=torch.float64).requires_grad_(True)
+    f = problem.cost(grid[:, None, :], torch.full((1,), float(theta), dtype=torch.float64))
+    (slope,) = torch.autograd.grad(f.sum(), grid)
+    return slope.numpy()
+
+
+def softmax_columns(scores: np.ndarray) -> np.ndarray:
+    soft = np.exp(scores - scores.max(axis=0))
+    return soft / soft.sum(axis=0)
+
+
+def with_reference(d: np.ndarray, b: int) -> np.ndarray:
+    """Columns of K entries: 0 at the reference b, the differences d elsewhere."""
+    return np.insert(d, b, 0.0, axis=0)
+
+
+def _nodes(temperature: float, nodes: int) -> int:
+    return int(math.ceil(nodes * max(1.0, 0.5 / temperature)))
+
+
+def _gumbel_softmax_terms(problem: Problem, theta: float, where: Latent, temperature: float, hard: bool, nodes: int,
+                          b: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(weights, ĝ) of Gumbel-softmax (hard: straight-through) ĝ = Σ_k ∂_k f(x) s_k (a_k − s·a)/τ,
+    s = softmax((log p + G)/τ), a = ∂ log p/∂θ, on differences from G_0, or from G_b over {argmax = b}."""
+    k = len(where.logits)
+    log_p = where.logits - np.logaddexp.reduce(where.logits)
+    reference = 0 if b is None else b
+    uppers = tuple(np.inf if b is None else log_p[b] - log_p[j] for j in range(k) if j != reference)
+    d, weights = difference_rule(uppers, _nodes(temperature, nodes))
+    soft = softmax_columns((log_p[:, None] + with_reference(d, reference)) / temperature)
+    slope = (simplex_slopes(problem, theta, np.eye(k)[:1]) if hard else simplex_slopes(problem, theta, soft.T)).T
+    a = where.d_logits[:, None]
+    return weights, np.sum(slope * soft * (a - np.sum(soft * a, axis=0)), axis=0) / temperature
+
+
+def _slopes_vary(problem: Problem, theta: float, k: int) -> bool:
+    vertices = simplex_slopes(problem, theta, np.eye(k))
+    return not np.allclose(vertices, vertices[0], rtol=1e-12, atol=1e-14)
+
+
 @lru_cache(maxsize=4096)
-def _rebar_single(problem: Keyed, temperature: float, eta: float, theta: float) -> tuple[float, float]:
-    """REBAR on one Bernoulli coordinate: ĝ = [f(b) − η f(σ_λ(z̃))](b − p) α′ + η ∂_θ f(σ_λ(z)) − η ∂_θ f(σ_λ(z̃)),
-    z = α + logit u, b = 1[u > 1 − p], z̃ = α + logit v_b with v_b = 1 − p + v p (b = 1) or v (1 − p) (b = 0),
-    ∂z̃/∂α = 1 + ∂v_b/∂α / (v_b(1 − v_b)). A 2-D Legendre rule in (u, v), u split at 1 − p."""
+def _relaxed_categorical(problem: Keyed, estimator: str, temperature: float, theta: float,
+                         nodes: int = DIFFERENCE_NODES) -> tuple[float, float] | str:  # fmt: skip
+    """Gumbel-softmax and straight-through on a K-way categorical. s depends on G only through the differences
+    G_{1:} − G_0, so the K-dimensional integral is a (K − 1)-dimensional one."""
     where = latent(problem.problem, theta)
-    alpha, c = float(where.logits[0]), float(where.d_logits[0])
+    hard = estimator == "straight_through"
+    if hard and _slopes_vary(problem.problem, theta, len(where.logits)):
+        # ∂f at the hard sample then jumps where the argmax changes, on hyperplanes the product rule does not follow.
+        return "straight-through on a categorical with a cost whose gradient differs between outcomes: not derived"
+    return mean_and_variance(*_gumbel_softmax_terms(problem.problem, theta, where, temperature, hard, nodes))
+
+
+def _rebar_conditional(problem: Problem, theta: float, where: Latent, b: int, temperature: float, eta: float,
+                       nodes: int) -> tuple[float, float]:  # fmt: skip
+    """E and E[·²] over z̃ | b of F = [f(b) − η f(s̃)] a_b − η ∂_θ f(s̃), s̃ = softmax(z̃/λ): with E = −log v,
+    z̃_k − z̃_b = −log(1 + r_k/p_k), r_k = E_k/E_b, whose θ-derivative is (r_k a_k/p_k)/(1 + r_k/p_k)."""
+    k = len(where.logits)
+    log_p = where.logits - np.logaddexp.reduce(where.logits)
+    d, weights = difference_rule((np.inf,) * (k - 1), _nodes(temperature, nodes))
+    ratio = with_reference(np.exp(-d), b) / np.exp(log_p)[:, None]  # r_k / p_k (0 at b)
+    d_scores = ratio * where.d_logits[:, None] / (1.0 + ratio)
+    soft = softmax_columns(-np.log1p(ratio) / temperature)
+    slope = simplex_slopes(problem, theta, soft.T).T
+    d_soft = soft * (d_scores - np.sum(soft * d_scores, axis=0)) / temperature
+    f_soft = cost_of(problem, theta, where, soft.T)
+    f_b = cost_of(problem, theta, where, np.eye(k)[b : b + 1])[0]
+    values = (f_b - eta * f_soft) * where.d_logits[b] - eta * np.sum(slope * d_soft, axis=0)
+    return float(np.sum(weights * values) / np.sum(weights)), float(np.sum(weights * values**2) / np.sum(weights))
+
+
+@lru_cache(maxsize=4096)
+def _rebar_categorical(problem: Keyed, temperature: float, eta: float, theta: float,
+                       nodes: int = DIFFERENCE_NODES) -> tuple[float, float]:  # fmt: skip
+    """REBAR on a K-way categorical: ĝ = F(b, v) + η ĝ_GS(u), b = argmax, and given b the conditional noise v is
+    independent of u, so E ĝ² = Σ_b p_b E[F² | b] + 2η Σ_b E[F | b] E[ĝ_GS 1{argmax = b}] + η² E ĝ_GS²; the
+    indicator is a box in the differences from G_b."""
+    where = latent(problem.problem, theta)
+    k = len(where.logits)
+    p = np.exp(where.logits - np.logaddexp.reduce(where.logits))
+    first = second = 0.0
+    for b in range(k):
+        f_mean, f_square = _rebar_conditional(problem.problem, theta, where, b, temperature, eta, nodes)
+        weights, relaxed = _gumbel_softmax_terms(problem.problem, theta, where, temperature, False, nodes, b)
+        gs_first, gs_second = float(np.sum(weights * relaxed)), float(np.sum(weights * relaxed**2))
+        first += p[b] * f_mean + eta * gs_first
+        second += p[b] * f_square + 2.0 * eta * f_mean * gs_first + eta**2 * gs_second
+    return float(first), float(second - first**2)
+
+
+def coordinate_costs(problem: Problem, theta: float, where: Latent, x: np.ndarray, d: int) -> np.ndarray:
+    """f_d(x) for a separable cost f = Σ_d f_d(x_d), with f_d(x) = f(x e_d) − f(0)(D − 1)/D (the parts sum to f)."""
+    grid = np.zeros((len(x), len(where.logits)))
+    grid[:, d] = x
+    origin = cost_of(problem, theta, where, np.zeros((1, len(where.logits))))[0]
+    return cost_of(problem, theta, where, grid) - origin * (len(where.logits) - 1) / len(where.logits)
+
+
+def _rebar_coordinate(problem: Problem, theta: float, where: Latent, d: int, temperature: float, eta: float,
+                      nodes: int) -> np.ndarray:  # fmt: skip
+    """Coordinate d's raw moments E[A^i S^j R^k] (i, j, k ≤ 2) of its parts of REBAR's ĝ = (Σ A)(Σ S) + Σ R:
+    A = f_d(b) − η f_d(σ_λ(z̃)), S = (b − p) α′, R = η ∂_d f (σ_λ(z)) ∂_θ σ_λ(z) − the same at z̃, on the
+    coordinate's (u, v) product rule: z = α + logit u, b = 1[u > 1 − p], z̃ = α + logit v_b with
+    v_b = 1 − p + v p (b = 1) or v (1 − p) (b = 0), ∂z̃/∂α = 1 + ∂v_b/∂α / (v_b(1 − v_b)); u split at 1 − p."""
+    alpha, c = float(where.logits[d]), float(where.d_logits[d])
     p = float(_sigmoid(alpha))
-    u, wu = _pieces(1.0 - p, REBAR_NODES)
-    v, wv = _pieces(0.5, REBAR_NODES)
+    u, wu = _pieces(1.0 - p, nodes)
+    v, wv = _pieces(0.5, nodes)
     b = (u > 1.0 - p).astype(float)
 
     def relaxed_term(z: np.ndarray, dz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = _sigmoid(z / temperature)
-        slope = coordinate_slopes(problem.problem, theta, where, s.ravel())[:, 0].reshape(s.shape)
-        f_relaxed = cost_of(problem.problem, theta, where, s.reshape(-1, 1)).reshape(s.shape)
+        slope = coordinate_slopes(problem, theta, where, s.ravel())[:, d].reshape(s.shape)
+        f_relaxed = coordinate_costs(problem, theta, where, s.ravel(), d).reshape(s.shape)
         return eta * f_relaxed, eta * slope * s * (1.0 - s) / temperature * dz * c
 
     _, direct = relaxed_term(alpha + np.log(u) - np.log1p(-u), np.ones_like(u))  # [nu]
-    bb = b[:, None]
+    bb = np.array([[0.0], [1.0]])  # z̃ depends on u only through b: evaluate it for b = 0, 1 and pick rows
     v_b = bb * ((1 - p) + v[None, :] * p) + (1 - bb) * (v[None, :] * (1 - p))
     dv_b = (bb * (v[None, :] - 1.0) - (1 - bb) * v[None, :]) * p * (1 - p)
     control, conditional = relaxed_term(alpha + np.log(v_b) - np.log1p(-v_b), 1.0 + dv_b / (v_b * (1 - v_b)))
-    f_b = cost_of(problem.problem, theta, where, b[:, None])[:, None]
-    values = (f_b - control) * (bb - p) * c + direct[:, None] - conditional
-    return mean_and_variance(np.outer(wu, wv), values)
+    rows, bb = b.astype(int), b[:, None]
+    control, conditional = control[rows], conditional[rows]
+    a = coordinate_costs(problem, theta, where, b, d)[:, None] - control
+    score = np.broadcast_to((bb - p) * c, a.shape)
+    r = direct[:, None] - conditional
+    weights = np.outer(wu, wv).ravel()
+
+    def powers(x: np.ndarray) -> np.ndarray:
+        return np.stack([np.ones(x.size), x.ravel(), x.ravel() ** 2])
+
+    return np.einsum("n,in,jn,kn->ijk", weights, powers(a), powers(score), powers(r), optimize=True)
+
+
+def add_independent(moments: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """E[(X + a)^i (Y + s)^j (W + r)^k] from the raw moments of (X, Y, W) and of an independent (a, s, r)."""
+    binomial = np.array([[1, 0, 0], [1, 1, 0], [1, 2, 1]], dtype=float)
+    total = np.zeros_like(moments)
+    for i, j, k in itertools.product(range(3), repeat=3):
+        for i2, j2, k2 in itertools.product(range(i + 1), range(j + 1), range(k + 1)):
+            total[i, j, k] += (binomial[i, i2] * binomial[j, j2] * binomial[k, k2] * moments[i2, j2, k2]
+                               * part[i - i2, j - j2, k - k2])  # fmt: skip
+    return total
+
+
+@lru_cache(maxsize=4096)
+def _rebar(problem: Keyed, temperature: float, eta: float, theta: float,
+           nodes: int = REBAR_NODES) -> tuple[float, float]:  # fmt: skip
+    """REBAR on independent Bernoulli coordinates with a separable cost: ĝ = X Y + W with X = Σ A_d, Y = Σ S_d,
+    W = Σ R_d, the coordinates independent, so E ĝ and E ĝ² follow from each coordinate's raw moments."""
+    where = latent(problem.problem, theta)
+    moments = np.zeros((3, 3, 3))
+    moments[0, 0, 0] = 1.0
+    for d in range(len(where.logits)):
+        part = _rebar_coordinate(problem.problem, theta, where, d, temperature, eta, nodes)
+        moments = add_independent(moments, part)
+    mean = moments[1, 1, 0] + moments[0, 0, 1]
+    return float(mean), float(moments[2, 2, 0] + 2.0 * moments[1, 1, 1] + moments[0, 0, 2] - mean**2)
 
 
 @register_exact("naive", *DISCRETE_FAMILIES)
@@ -218,12 +382,15 @@ def discrete_exact(problem: Problem, method: Method, theta: float, n_samples: in
         mean, var = _enumerated(key, name, theta)
     elif name in ("arm", "disarm"):
         mean, var = _arm_family(key, name, theta)
+    elif problem.name == "categorical_toy" and name != "rebar":
+        result = _relaxed_categorical(key, name, float(options["temperature"]), theta)
+        if isinstance(result, str):
+            return result
+        mean, var = result
     elif problem.name == "categorical_toy":
-        return f"{name} on a categorical needs a (K − 1)-dimensional integral over Gumbel noise, not derived here"
+        mean, var = _rebar_categorical(key, float(options["temperature"]), float(options["eta"]), theta)
     elif name in ("gumbel_softmax", "straight_through"):
         mean, var = _relaxed(key, name, float(options["temperature"]), theta)
-    elif len(latent(problem, theta).logits) == 1:
-        mean, var = _rebar_single(key, float(options["temperature"]), float(options["eta"]), theta)
     else:
-        return "REBAR's score term couples the coordinates of a multivariate latent: derived for one Bernoulli only"
+        mean, var = _rebar(key, float(options["temperature"]), float(options["eta"]), theta)
     return Exact(mean, var / n_samples)
