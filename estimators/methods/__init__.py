@@ -2,8 +2,9 @@
 
 Tags: ``core`` (naive, score function, RLOO, pathwise, measure-valued), ``discrete`` (ARM, DisARM, the
 relaxations, REBAR, RELAX), ``policy`` (the group baselines GRPO and Dr. GRPO), ``reference`` (the finite
-difference), ``peer`` (Pyro's and Storchastic's, when those libraries import; ``PEER_STATUS`` says why not). A user's estimator is ``module:attribute`` or an installed
-plug-in (entry-point group ``varbench.estimators``), and goes through the same registry.
+difference), ``peer`` (Pyro's and Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
+A user's estimator is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.estimators``),
+and goes through the same registry.
 """
 
 from __future__ import annotations
