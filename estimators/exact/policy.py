@@ -66,10 +66,10 @@ def compositions(g: int, outcomes: int) -> np.ndarray:
 def multinomial_weights(counts: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """P(c) = G!/Π c_o! Π q_o^c_o; an outcome of probability 0 contributes only to compositions that avoid it."""
     g = int(counts[0].sum())
-    with np.errstate(divide="ignore"):
-        log_q = np.log(probabilities)
-    powers = np.where(counts > 0, counts * log_q, 0.0).sum(axis=1)
-    return np.exp(gammaln(g + 1) - gammaln(counts + 1).sum(axis=1) + powers)
+    possible = probabilities > 0
+    log_q = np.log(np.where(possible, probabilities, 1.0))
+    weights = np.exp(gammaln(g + 1) - gammaln(counts + 1).sum(axis=1) + counts @ log_q)
+    return np.where(counts[:, ~possible].any(axis=1), 0.0, weights)
 
 
 def score_function_estimate(counts: np.ndarray, o: Outcomes) -> np.ndarray:
