@@ -7,7 +7,8 @@ docs/math.md; exact moments on categorical_policy: estimators/exact/policy.py.
   rewards of the group are equal.
 - ``dr_grpo`` (Liu et al. 2025): A_i = r_i − mean r, no division; its mean is exactly (G − 1)/G · dL/dθ.
 
-The estimate is (1/G) Σ_i A_i ∂_θ log p_θ(x_i), the reward f_θ(x_i) standing for r_i.
+The estimate is (1/G) Σ_i A_i ∂_θ log p_θ(x_i), the reward f_θ(x_i) standing for r_i, plus (1/G) Σ_i ∂_θ f_θ(x_i)
+where the reward depends on θ (as RLOO adds it).
 """
 
 from __future__ import annotations
@@ -38,27 +39,25 @@ def normalised_advantages(r: Tensor, epsilon: float = GRPO_EPSILON) -> Tensor:
 def _group_surrogate(problem: Problem, theta: Tensor, n_samples: int, advantage) -> Tensor:
     dist = problem.distribution(theta)
     x = draw_detached(dist, n_samples)
-    r = problem.cost(x, theta).detach()
-    return weighted_score_sum(dist, x, advantage(r))
+    f = problem.cost(x, theta)
+    surrogate = weighted_score_sum(dist, x, advantage(f.detach()))
+    # A reward that depends on θ adds its pathwise term ∂_θ f, as in RLOO; a verifier's reward has none.
+    return surrogate + f.sum(dim=0) if f.requires_grad else surrogate
 
 
 def grpo(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
-    """ĝ = (1/G) Σ_i (r_i − mean r)/(std r + ε) ∂_θ log p_θ(x_i), 0 for a group of equal rewards (GRPO)."""
+    """ĝ = (1/G) Σ_i (r_i − mean r)/(std r + ε) ∂_θ log p_θ(x_i) (+ ∂_θ f), A_i = 0 for equal rewards (GRPO)."""
     return _group_surrogate(problem, theta, n_samples, normalised_advantages)
 
 
 def dr_grpo(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
-    """ĝ = (1/G) Σ_i (r_i − mean r) ∂_θ log p_θ(x_i), the mean over the whole group (Dr. GRPO)."""
+    """ĝ = (1/G) Σ_i (r_i − mean r) ∂_θ log p_θ(x_i) (+ ∂_θ f), the mean over the whole group (Dr. GRPO)."""
     return _group_surrogate(problem, theta, n_samples, centred_rewards)
 
 
 def group_skip_reason(problem: Problem, n_samples: int) -> str | None:
     if n_samples < 2:
         return "a group baseline needs a group of N >= 2 samples per estimate"
-    if problem.cost_depends_on_theta:
-        return "a group baseline weights the score by a reward advantage; a cost that depends on θ has a pathwise term it does not define"
-    if not problem.distribution_depends_on_theta:
-        return "the distribution does not depend on θ: there is no score to weight"
     return None
 
 
