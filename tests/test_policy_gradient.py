@@ -8,12 +8,15 @@ checks are seeded; one Bonferroni-corrected critical value covers every mean and
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from bench.report.policy import policy_section
 from estimators import estimate, get_estimator, make_problem
 from estimators.core.estimator import Method
 from estimators.exact import exact_moments
@@ -170,3 +173,24 @@ def test_monte_carlo_matches_exact_mean_and_variance(params, theta, g):
 @pytest.mark.parametrize("params,theta,g", SLOW_MC_CELLS, ids=[f"cell{i}" for i in range(len(SLOW_MC_CELLS))])
 def test_monte_carlo_matches_exact_at_g16(params, theta, g):
     _check_against_exact(params, theta, g, seed=7000 + g)
+
+
+def test_report_section_states_dr_grpo_bias_in_words():
+    problem = make_problem("categorical_policy")
+    rows = []
+    for name in ("grpo", "dr_grpo", "score_function_loo"):
+        for g in (2, 8):
+            exact = exact_moments(problem, Method(name), 0.0, g)
+            rows.append({"problem": "categorical_policy", "problem_params": json_params(problem), "wrt": "logit0",
+                         "device": "cpu", "dtype": "float64", "variance_reduction": "none", "estimator": name,
+                         "base": name, "theta": 0.0, "n_samples": g, "true_grad": problem.gradient(0.0),
+                         "objective": problem.objective(0.0), "exact_mean": exact.mean, "exact_var": exact.var,
+                         "bias": exact.mean - problem.gradient(0.0), "bias_se": 0.001, "per_sample_var": exact.var * g,
+                         "grad_var_ci_low": exact.var * 0.9, "grad_var_ci_high": exact.var * 1.1})  # fmt: skip
+    text = "\n".join(policy_section(pd.DataFrame(rows)))
+    assert "12.5% too small at G = 8" in text
+    assert "score_function_loo" in text and "| 0 | 8 | grpo |" in text
+
+
+def json_params(problem) -> str:
+    return json.dumps(dict(problem.params), sort_keys=True)
