@@ -280,6 +280,18 @@ def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
     ]  # fmt: skip
 
 
+POLICY_ESTIMATORS = ("score_function", "score_function_loo", "grpo", "dr_grpo", "naive")
+POLICY_GROUP_SIZES = (2, 4, 8, 16)
+
+
+def _policy_sweeps(devices: tuple[str, ...], **common) -> list[Sweep]:
+    """The group baselines of RL for language models against the score function and RLOO on categorical_policy,
+    the group being the N samples of an estimate (G = N ∈ {2, 4, 8, 16}, the sizes GRPO is run with), at θ = 0
+    and 1 (p_0 = ¼ and ½): 40 small cells, every one with exact moments."""
+    return [Sweep("categorical_policy", thetas=(0.0, 1.0), estimators=POLICY_ESTIMATORS,
+                  n_samples=POLICY_GROUP_SIZES, devices=devices)]  # fmt: skip
+
+
 def _variance_reduction_sweeps(**common) -> list[Sweep]:
     """Every scheme against plain Monte Carlo (score function, pathwise) on three smooth Gaussian cells, ~1 min.
 
@@ -404,6 +416,7 @@ def preset(name: str, devices: tuple[str, ...] = ("cpu",)) -> list[Sweep]:
             Sweep("seed_fixed", thetas=(1.0, 3.0), **common),
             *_gaussian_sweeps(**common),
             *_discrete_sweeps(**common),
+            *_policy_sweeps(**common),
             *_variance_reduction_sweeps(**common),
             *_implicit_sweeps(**common),
             *_dimension_sweeps(**common),

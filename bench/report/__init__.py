@@ -23,6 +23,7 @@ from ..table import TABLE_NAME, TableError, latest_rows, load_table
 from . import plots, verdict
 from .verdict import fmt
 from .exact import exact_section
+from .policy import policy_section
 from .workloads import choice_lines, workload_biases, workload_sections
 
 INSTANCE = ["problem", "problem_params", "wrt", "device", "dtype"]
@@ -582,6 +583,7 @@ for _name, _order, _render in (
     ("biased", 20, _biased_section),
     ("choice", 30, _choice_section),
     ("workloads", 40, lambda c: workload_sections(c.workloads, c.skipped, c.out_dir)),
+    ("policy", 45, lambda c: policy_section(c.ok)),
     ("problems", 50, _problem_sections),
     ("exact", 55, lambda c: exact_section(c.ok)),
     ("sweeps", 60, _sweeps_section),

@@ -332,6 +332,13 @@ def _needs_discrete(problem: Problem, n_samples: int) -> str | None:
     return None
 
 
+def _needs_differentiable_discrete(problem: Problem, n_samples: int) -> str | None:
+    # The relaxations, REBAR and RELAX evaluate ∂f/∂x at relaxed samples: a verifier's 0/1 reward has none.
+    if not problem.cost_is_differentiable:
+        return "the cost is not differentiable in x (a relaxation needs ∂f/∂x)"
+    return _needs_discrete(problem, n_samples)
+
+
 def _needs_bernoulli(problem: Problem, n_samples: int) -> str | None:
     reason = _needs_discrete(problem, n_samples)
     if reason is None and discrete_kind(problem) != BERNOULLI:
@@ -358,19 +365,19 @@ DISCRETE: tuple[Estimator, ...] = (
               skip_reason=_needs_bernoulli, cost_evaluations=_evaluations(2)),
     Estimator("gumbel_softmax", gumbel_softmax,
               "∂f at the relaxed sample σ((α + logistic)/τ) or softmax((log p + Gumbel)/τ); biased for τ > 0",
-              skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
+              skip_reason=_needs_differentiable_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
               parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
     Estimator("straight_through", straight_through,
               "f at the hard sample forward, the relaxed sample's gradient backward (ST Gumbel); biased",
-              skip_reason=_needs_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
+              skip_reason=_needs_differentiable_discrete, unbiased_for=_biased, parameters={"temperature": 0.5},
               parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
     Estimator("rebar", rebar,
               "score function with control variate η f(σ_λ(z̃)) + its reparameterised correction (REBAR); unbiased, 3 cost evals",
-              skip_reason=_needs_discrete, cost_evaluations=_evaluations(3),
+              skip_reason=_needs_differentiable_discrete, cost_evaluations=_evaluations(3),
               parameters={"temperature": 0.5, "eta": 1.0},
               parameter_ranges={"temperature": POSITIVE_TEMPERATURE, "eta": _ETA}),
     Estimator("relax", relax,
               f"REBAR with a learned control c_φ (η, λ, {RELAX_HIDDEN}-unit MLP) trained train_steps Adam steps at θ; unbiased, 3 cost evals",
-              skip_reason=_needs_discrete, cost_evaluations=_evaluations(3), parameters={"train_steps": 200},
+              skip_reason=_needs_differentiable_discrete, cost_evaluations=_evaluations(3), parameters={"train_steps": 200},
               parameter_ranges={"train_steps": _TRAIN_STEPS}, work_depends_on_theta=True),
 )  # fmt: skip

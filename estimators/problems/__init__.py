@@ -2,6 +2,7 @@
 
 Tags: ``seed`` (the two seed problems), ``gaussian`` (Mohamed et al.'s test costs), ``implicit`` (Gamma, Beta,
 Dirichlet), ``discrete`` (Bernoulli and categorical latents), ``diagonal_gaussian`` (D-dimensional),
+``policy`` (a softmax policy with a binary reward, for group baselines),
 ``workload`` (real models, θ a parameter vector at a training checkpoint: ``estimators.workloads``). A user's
 problem is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.problems``).
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from ..core.problem import Problem, ProblemError, ProblemFamily, adopt_problem, resolve_parameters
 from ..core.registry import Registry
 from .. import workloads
-from . import diagonal_gaussian, discrete, gaussian, implicit
+from . import diagonal_gaussian, discrete, gaussian, implicit, policy
 
 PROBLEMS: Registry[ProblemFamily] = Registry("problem", ProblemError, entry_point_group="varbench.problems",
                                              adopt=adopt_problem)  # fmt: skip
@@ -24,7 +25,8 @@ for _name, _family in gaussian.FAMILIES.items():
     if _name.startswith("gaussian_"):
         PROBLEMS.register(_name, _family, "gaussian")
 for _tag, _families in (("implicit", implicit.IMPLICIT_FAMILIES), ("discrete", discrete.DISCRETE_FAMILIES),
-                        ("diagonal_gaussian", diagonal_gaussian.DIAGONAL_GAUSSIAN_FAMILIES)):  # fmt: skip
+                        ("diagonal_gaussian", diagonal_gaussian.DIAGONAL_GAUSSIAN_FAMILIES),
+                        ("policy", policy.POLICY_FAMILIES)):  # fmt: skip
     for _name, _family in _families.items():
         PROBLEMS.register(_name, _family, _tag)
 
