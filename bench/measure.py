@@ -290,6 +290,8 @@ def exact_columns(cell: Cell, problem, row: dict) -> dict:
     # Where the exact variance is 0 (a coupled pair that cancels) the measured one is the dtype's rounding: an
     # interval around rounding noise says nothing about the implementation, so such a cell is not judged.
     rounding = ROUNDING_ULPS * torch.finfo(DTYPES[cell.dtype]).eps * max(abs(exact.mean), abs(row["grad_mean"]), 1.0)
+    if exact.var == 0 and row["grad_var"] == 0:
+        return columns | dict(exact_var_note="the exact and the measured variance are both 0 (constant estimates)")
     if exact.var <= rounding**2 and row["grad_var"] <= rounding**2:
         return columns | dict(exact_var_note=f"the exact variance is {exact.var:.3g}, and the measured one "
                               f"{row['grad_var']:.3g} is {cell.dtype} rounding: not compared")  # fmt: skip

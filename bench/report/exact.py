@@ -47,8 +47,10 @@ def exact_section(ok: pd.DataFrame) -> list[str]:
                  "**above** 95%: the intervals are wider than they need to be")  # fmt: skip
     lines += [
         f"{len(with_exact)} of {len(ok)} measured cells have an exact variance, computed without sampling (closed "
-        "forms, quadrature, enumeration: `estimators/exact/`, derivations in docs/math.md). The measured 95% "
-        f"interval covered it in **{covered} of {total} = {100 * covered / total:.1f}%** "
+        "forms, quadrature, enumeration: `estimators/exact/`, derivations in docs/math.md)"
+        + (f"; {len(with_exact) - total} of them are not judged, their variance being 0 or at float rounding "
+           "both exactly and as measured" if len(with_exact) > total else "")
+        + f". The measured 95% interval covered it in **{covered} of {total} = {100 * covered / total:.1f}%** "
         f"[{100 * low:.1f}%, {100 * high:.1f}%] (Clopper–Pearson 95%), {judgement}. About 5% of the cells miss "
         "by chance; a miss far outside its interval, or many at one estimator, points at a bug or at float32 "
         "rounding (the exact value is that of the mathematics, in exact arithmetic).",
