@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from estimators import PROBLEMS
+
 from ..statistics import Z95
 from .verdict import fmt
 
@@ -102,8 +104,47 @@ def policy_section(ok: pd.DataFrame) -> list[str]:
              "The N samples of one estimate are the group (G = N). Exact bias is the exact mean of one estimate, by "
              "enumeration of the group's outcomes, minus dL/dθ; the measured bias is the sampled mean minus dL/dθ. "
              "score_function_loo (RLOO) is the unbiased reference.", ""]  # fmt: skip
+    rows = rows.assign(success0=[json.loads(p).get("success0", np.nan) for p in rows["problem_params"]],
+                       others=[json.dumps({k: v for k, v in json.loads(p).items() if k != "success0"}, sort_keys=True)
+                               for p in rows["problem_params"]])  # fmt: skip
+    default = PROBLEMS.get(POLICY_PROBLEM).defaults["success0"]
     for (params, wrt, device, dtype), group in rows.groupby(["problem_params", "wrt", "device", "dtype"], sort=True):
+        if group["success0"].iloc[0] != default and (rows["success0"] == default).any():
+            continue  # other success rates of the best action: the table below, against that rate
         values = ", ".join(f"{k}={v:g}" for k, v in sorted(json.loads(params).items()))
         lines += [f"### {POLICY_PROBLEM}({values}) wrt {wrt} — {device}, {dtype}", ""]
         lines += _table(group) + advice(group)
+    for (others, wrt, device, dtype), group in rows.groupby(["others", "wrt", "device", "dtype"], sort=True):
+        if group["success0"].nunique() > 1:
+            lines += _success_rate_table(group, others, wrt, device, dtype)
+    return lines
+
+
+def _success_rate_table(rows: pd.DataFrame, others: str, wrt: str, device: str, dtype: str) -> list[str]:
+    """GRPO's and Dr. GRPO's bias against the best action's success rate s₀, at every θ and G measured at more than
+    one s₀: GRPO's division by the group's reward spread makes its bias depend on the task, Dr. GRPO's does not."""
+    values = ", ".join(f"{k}={v:g}" for k, v in sorted(json.loads(others).items()))
+    lines = [f"### Against the best action's success rate s₀: {POLICY_PROBLEM}({values}) wrt {wrt} — {device}, {dtype}", "",
+             "| θ | G | s₀ | dL/dθ | grpo: exact bias (relative) | grpo: measured bias ± 1.96·se | dr_grpo: exact bias (relative) "
+             "| exact per-sample variance: grpo / RLOO |", "|---:|---:|---:|---:|---|---|---|---|"]  # fmt: skip
+    by = {base: rows[rows["base"] == base].set_index(["theta", "n_samples", "success0"]) for base in GROUP_BASELINES}
+    keys = sorted(set(by["grpo"].index) & set(by["dr_grpo"].index))
+    keys = [k for k in keys if sum(1 for j in keys if j[:2] == k[:2]) > 1]
+    ratios = []
+    for key in keys:
+        grpo, dr = by["grpo"].loc[key], by["dr_grpo"].loc[key]
+        loo = by["score_function_loo"].loc[key] if key in by["score_function_loo"].index else None
+        variance = f"{fmt(grpo['exact_var'] * key[1], 3)} / {fmt(loo['exact_var'] * key[1], 3) if loo is not None else '—'}"
+        lines.append(f"| {key[0]:g} | {key[1]} | {key[2]:g} | {fmt(grpo['true_grad'])} | {fmt(exact_bias(grpo), 3)} "
+                     f"({_percent(relative_bias(grpo))}) | {fmt(grpo['bias'], 3)} ± {fmt(Z95 * grpo['bias_se'], 2)} "
+                     f"| {fmt(exact_bias(dr), 3)} ({_percent(relative_bias(dr))}) | {variance} |")  # fmt: skip
+        if grpo["true_grad"] != 0 and np.isfinite(grpo["exact_mean"]):
+            ratios.append((grpo["exact_mean"] / grpo["true_grad"], key))
+    lines.append("")
+    if ratios:
+        (low, at_low), (high, at_high) = min(ratios), max(ratios)
+        lines += [f"Over these success rates grpo's mean runs from {fmt(low, 3)}× the gradient (s₀ = {at_low[2]:g}, "
+                  f"G = {at_low[1]}) to {fmt(high, 3)}× (s₀ = {at_high[2]:g}, G = {at_high[1]}), while dr_grpo stays at "
+                  "(G − 1)/G whatever s₀: GRPO's bias is a property of the task, not only of the group size, so a "
+                  "number measured on one task does not carry over to another.", ""]  # fmt: skip
     return lines
