@@ -192,5 +192,34 @@ def test_report_section_states_dr_grpo_bias_in_words():
     assert "score_function_loo" in text and "| 0 | 8 | grpo |" in text
 
 
+def _exact_rows(problem, names, thetas, groups) -> list[dict]:
+    rows = []
+    for name in names:
+        for theta in thetas:
+            for g in groups:
+                exact = exact_moments(problem, Method(name), theta, g)
+                rows.append({"problem": "categorical_policy", "problem_params": json_params(problem), "wrt": "logit0",
+                             "device": "cpu", "dtype": "float64", "variance_reduction": "none", "estimator": name,
+                             "base": name, "theta": theta, "n_samples": g, "true_grad": problem.gradient(theta),
+                             "objective": problem.objective(theta), "exact_mean": exact.mean, "exact_var": exact.var,
+                             "bias": exact.mean - problem.gradient(theta), "bias_se": 0.001,
+                             "per_sample_var": exact.var * g, "grad_var_ci_low": exact.var * 0.9,
+                             "grad_var_ci_high": exact.var * 1.1})  # fmt: skip
+    return rows
+
+
+def test_report_tabulates_the_bias_against_the_best_actions_success_rate():
+    names = ("grpo", "dr_grpo", "score_function_loo")
+    rows = [row for s0 in (0.5, 0.9, 0.999)
+            for row in _exact_rows(make_problem("categorical_policy", None, {"success0": s0}), names, (0.0,), (4,))]
+    lines = policy_section(pd.DataFrame(rows))
+    table = [line for line in lines if line.startswith("| 0 | 4 |")]
+    assert any(line.startswith("### Against the best action's success rate") for line in lines)
+    # One row per s₀ in that table (the default 0.9 also has its own G table); Dr. GRPO is (G − 1)/G = −25% at each.
+    rate_rows = [line for line in table if line.split("|")[3].strip().replace(".", "", 1).isdigit()]
+    assert [line.split("|")[3].strip() for line in rate_rows] == ["0.5", "0.9", "0.999"]
+    assert all("(-25.0%)" in line.split("|")[7] for line in rate_rows)
+
+
 def json_params(problem) -> str:
     return json.dumps(dict(problem.params), sort_keys=True)
