@@ -1,7 +1,7 @@
 """The estimators varbench ships, registered in ``ESTIMATORS`` with tags, and ``get_estimator`` by name.
 
 Tags: ``core`` (naive, score function, RLOO, pathwise, measure-valued), ``discrete`` (ARM, DisARM, the
-relaxations, REBAR, RELAX), ``policy`` (the group baselines GRPO and Dr. GRPO), ``reference`` (the finite
+relaxations, REBAR, RELAX, IndeCateR, double control variates), ``policy`` (the group baselines GRPO and Dr. GRPO), ``reference`` (the finite
 difference), ``peer`` (Pyro's and Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
 A user's estimator is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.estimators``),
 and goes through the same registry.
@@ -13,7 +13,9 @@ from ..core.estimator import Estimator, EstimatorError, adopt_estimator
 from ..core.registry import Registry
 from .basic import BASIC
 from .discrete import DISCRETE
+from .double_cv import DOUBLE_CV
 from .group_baselines import GROUP_BASELINES
+from .indecater import INDECATER
 from .peers import PEER_ESTIMATORS, PEER_STATUS
 from .reference import REFERENCE_ESTIMATORS
 
@@ -25,6 +27,8 @@ for _tag, _estimators in (("core", BASIC), ("discrete", DISCRETE), ("policy", GR
                           ("peer", tuple(PEER_ESTIMATORS.values()))):  # fmt: skip
     for _estimator in _estimators:
         ESTIMATORS.register(_estimator.name, _estimator, _tag)
+ESTIMATORS.register(INDECATER.name, INDECATER, "discrete")
+ESTIMATORS.register(DOUBLE_CV.name, DOUBLE_CV, "discrete")
 
 
 def get_estimator(name: str) -> Estimator:
