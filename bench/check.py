@@ -137,7 +137,8 @@ def check_point(estimator: Estimator, point: CheckPoint, seed: int, n: int, m: i
         return CheckRow(point.label, "yes", shape, deterministic, finite, _vector_bias(point, estimates, n, critical))
     exact = float(point.problem.gradient(point.theta))
     mean, sd = float(estimates.mean()), float(estimates.std(ddof=1))
-    scale = math.hypot(sd / math.sqrt(m), rounding_resolution(exact, mean, sd, float(np.finfo(np.float64).eps)))
+    objective = point.problem.objective(point.theta) if point.problem.objective is not None else None
+    scale = math.hypot(sd / math.sqrt(m), rounding_resolution(exact, mean, sd, float(np.finfo(np.float64).eps), objective))
     z = (mean - exact) / scale if scale > 0 else (0.0 if mean == exact else math.inf)
     verdict = "ok" if abs(z) <= critical else "FAIL"
     return CheckRow(point.label, "yes", shape, deterministic, finite,

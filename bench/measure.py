@@ -261,12 +261,13 @@ def _scalar_statistics(cell: Cell, row: dict, problem, draw) -> bool:
     if finite.size < estimates.size:
         row["note"] = f"{row['n_nonfinite']} non-finite estimates excluded from the statistics"
     eps = torch.finfo(DTYPES[cell.dtype]).eps
-    summary = summarize(finite, row["true_grad"], eps=eps, true_grad_se=row["true_grad_se"])
+    objective = _objective(problem, cell.theta)
+    summary = summarize(finite, row["true_grad"], eps=eps, true_grad_se=row["true_grad_se"], objective=objective)
     row.update(
         summary_columns(summary, cell.n_samples),
         grad_var_max=summary.var,
         grad_norm_var=float(np.var(np.abs(finite), ddof=1)),
-        objective=_objective(problem, cell.theta),
+        objective=objective,
     )
     row.update(exact_columns(cell, problem, row))
     notes = [row["note"], problem.heavy_tail_warning(cell.theta), variance_interval_caveat(summary.kurtosis)]

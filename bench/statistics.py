@@ -117,14 +117,18 @@ def variance_interval_caveat(kurt: float) -> str:
     return ""
 
 
-def rounding_resolution(true_grad: float, mean: float, sd: float, eps: float = FLOAT32_EPS) -> float:
+def rounding_resolution(true_grad: float, mean: float, sd: float, eps: float = FLOAT32_EPS,
+                        objective: float | None = None) -> float:  # fmt: skip
     """The smallest bias that floating-point arithmetic in a dtype of machine epsilon ``eps`` can resolve:
-    ROUNDING_ULPS ulps of the gradient's scale (the largest of |exact|, |mean| and the estimates' spread)."""
-    return ROUNDING_ULPS * eps * max(abs(true_grad), abs(mean), sd)
+    ROUNDING_ULPS ulps of the gradient's scale (the largest of |exact|, |mean| and the estimates' spread) or of
+    the objective |L(θ)| where known: an estimate built from cost values of that size, whose terms cancel to a
+    gradient of 0, keeps their rounding (IndeCateR on bernoulli_multi, exact up to ~1e-18 in float64)."""
+    scale = max(abs(true_grad), abs(mean), sd, abs(objective) if objective is not None and math.isfinite(objective) else 0.0)
+    return ROUNDING_ULPS * eps * scale
 
 
 def summarize(estimates: np.ndarray, true_grad: float, confidence: float = CONFIDENCE, *,
-              eps: float = FLOAT32_EPS, true_grad_se: float = 0.0) -> EstimateSummary:  # fmt: skip
+              eps: float = FLOAT32_EPS, true_grad_se: float = 0.0, objective: float | None = None) -> EstimateSummary:  # fmt: skip
     """Bias (vs the exact gradient), variance and MSE of one cell's replicate estimates, computed in a dtype
     of machine epsilon ``eps``: the bias z-score divides by the standard error, the ground truth's own error
     ``true_grad_se`` (0 for a closed form) and the dtype's rounding resolution combined,
@@ -135,7 +139,7 @@ def summarize(estimates: np.ndarray, true_grad: float, confidence: float = CONFI
     var = float(np.var(x, ddof=1))
     bias = mean - true_grad
     bias_se = math.sqrt(var / m)
-    resolution = math.hypot(rounding_resolution(true_grad, mean, math.sqrt(var), eps), true_grad_se)
+    resolution = math.hypot(rounding_resolution(true_grad, mean, math.sqrt(var), eps, objective), true_grad_se)
     if bias_se > 0:
         bias_z = bias / math.hypot(bias_se, resolution)
     else:

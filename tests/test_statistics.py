@@ -77,6 +77,17 @@ def test_an_estimate_exact_up_to_float32_rounding_is_not_called_biased():
     assert summarize(x, -0.2, eps=float(np.finfo(np.float64).eps)).biased
 
 
+def test_terms_that_cancel_to_a_zero_gradient_keep_the_rounding_of_the_objectives_scale():
+    # IndeCateR on bernoulli_multi: four coordinate terms of size ~L cancel to dL/dθ = 0 up to ~1e-18 in float64,
+    # the same for every estimate. Judged at the gradient's scale (0) that is z ≈ 1e2; at |L|'s it is rounding.
+    float64 = float(np.finfo(np.float64).eps)
+    x = np.full(4000, 2.8e-18) + np.random.default_rng(2).normal(0, 1e-20, 4000)
+    assert summarize(x, 0.0, eps=float64).biased
+    assert not summarize(x, 0.0, eps=float64, objective=0.25).biased
+    # It is a floor of ~64 ulps of |L|, not a licence: a bias of 1e-12 at L = 0.25 is still found.
+    assert summarize(x + 1e-12, 0.0, eps=float64, objective=0.25).biased
+
+
 def test_the_variance_interval_under_covers_at_kurtosis_in_the_hundreds_so_rows_say_so():
     """ĝ = x²(1 − x), x ~ Exp(1): the score function of E[x²] w.r.t. a Gamma(1, β)'s rate at β = 1, one sample.
     Var = E[x⁴] − 2E[x⁵] + E[x⁶] − 4² = 24 − 240 + 720 − 16 = 488 and kurtosis in the hundreds. Drawn with
