@@ -245,6 +245,9 @@ def _gaussian_sweeps(**common) -> list[Sweep]:
 
 
 RELAXATIONS = ("gumbel_softmax", "straight_through")
+# Discrete estimators since 2020, measured on the discrete problems beside the classic ones (not on the workloads
+# or in the ci grid, so the committed baseline stays valid).
+RECENT_DISCRETE = ("indecater", "double_cv")
 
 
 def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
@@ -260,19 +263,27 @@ def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
     temperatures = (0.1, 0.5, 1.0, 2.0)
     toy_targets = {"t": (0.45, 0.499)}
     if not full:
+        recent = {**common, "estimators": RECENT_DISCRETE}
         return [
             Sweep("bernoulli_toy", thetas=(0.5,), params=toy_targets, **common),
             Sweep("bernoulli_multi", thetas=(0.5,), **common),
             Sweep("categorical_toy", thetas=(0.5,), **common),
+            Sweep("bernoulli_toy", thetas=(0.5,), params=toy_targets, **recent),
+            Sweep("bernoulli_multi", thetas=(0.5,), **recent),
+            Sweep("categorical_toy", thetas=(0.5,), **recent),
             Sweep("bernoulli_toy", thetas=(0.5,), params={"t": (0.45,)}, estimator_params={"temperature": temperatures},
                   **{**common, "estimators": RELAXATIONS, "n_samples": largest_n}),
         ]  # fmt: skip
     thetas = (-2.0, 0.0, 0.5, 2.0)
     swept = {**common, "n_samples": largest_n, "estimators": (*RELAXATIONS, "rebar")}
+    recent = {**common, "estimators": RECENT_DISCRETE}
     return [
         Sweep("bernoulli_toy", thetas=thetas, params=toy_targets, **common),
         Sweep("bernoulli_multi", thetas=thetas, **common),
         Sweep("categorical_toy", thetas=thetas, **common),
+        Sweep("bernoulli_toy", thetas=thetas, params=toy_targets, **recent),
+        Sweep("bernoulli_multi", thetas=thetas, **recent),
+        Sweep("categorical_toy", thetas=thetas, **recent),
         *(Sweep(name, thetas=(0.5,), params=params, estimator_params={"temperature": temperatures}, **swept)
           for name, params in (("bernoulli_toy", toy_targets), ("bernoulli_multi", {}), ("categorical_toy", {}))),
         Sweep("bernoulli_toy", thetas=(0.5,), params=toy_targets, estimator_params={"train_steps": (0.0, 50.0, 200.0, 1000.0)},
