@@ -1,7 +1,7 @@
 """The estimators varbench ships, registered in ``ESTIMATORS`` with tags, and ``get_estimator`` by name.
 
 Tags: ``core`` (naive, score function, RLOO, pathwise, measure-valued), ``discrete`` (ARM, DisARM, the
-relaxations, REBAR, RELAX), ``policy`` (the group baselines GRPO and Dr. GRPO), ``reference`` (the finite
+relaxations, REBAR, RELAX, ReinMax), ``policy`` (the group baselines GRPO and Dr. GRPO), ``reference`` (the finite
 difference), ``peer`` (Pyro's and Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
 A user's estimator is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.estimators``),
 and goes through the same registry.
@@ -16,11 +16,12 @@ from .discrete import DISCRETE
 from .group_baselines import GROUP_BASELINES
 from .peers import PEER_ESTIMATORS, PEER_STATUS
 from .reference import REFERENCE_ESTIMATORS
+from .reinmax import REINMAX
 
 ESTIMATORS: Registry[Estimator] = Registry("estimator", EstimatorError, entry_point_group="varbench.estimators",
                                            adopt=adopt_estimator)  # fmt: skip
 
-for _tag, _estimators in (("core", BASIC), ("discrete", DISCRETE), ("policy", GROUP_BASELINES),
+for _tag, _estimators in (("core", BASIC), ("discrete", DISCRETE), ("discrete", REINMAX), ("policy", GROUP_BASELINES),
                           ("reference", tuple(REFERENCE_ESTIMATORS.values())),
                           ("peer", tuple(PEER_ESTIMATORS.values()))):  # fmt: skip
     for _estimator in _estimators:
