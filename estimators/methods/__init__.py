@@ -1,8 +1,8 @@
 """The estimators varbench ships, registered in ``ESTIMATORS`` with tags, and ``get_estimator`` by name.
 
 Tags: ``core`` (naive, score function, RLOO, pathwise, measure-valued), ``discrete`` (ARM, DisARM, the
-relaxations, REBAR, RELAX), ``policy`` (the group baselines GRPO and Dr. GRPO), ``reference`` (the finite
-difference), ``peer`` (Pyro's and Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
+relaxations, Gumbel-Rao, REBAR, RELAX), ``policy`` (the group baselines GRPO and Dr. GRPO), ``reference`` (the
+finite difference), ``peer`` (Pyro's and Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
 A user's estimator is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.estimators``),
 and goes through the same registry.
 """
@@ -14,14 +14,15 @@ from ..core.registry import Registry
 from .basic import BASIC
 from .discrete import DISCRETE
 from .group_baselines import GROUP_BASELINES
+from .gumbel_rao import GUMBEL_RAO
 from .peers import PEER_ESTIMATORS, PEER_STATUS
 from .reference import REFERENCE_ESTIMATORS
 
 ESTIMATORS: Registry[Estimator] = Registry("estimator", EstimatorError, entry_point_group="varbench.estimators",
                                            adopt=adopt_estimator)  # fmt: skip
 
-for _tag, _estimators in (("core", BASIC), ("discrete", DISCRETE), ("policy", GROUP_BASELINES),
-                          ("reference", tuple(REFERENCE_ESTIMATORS.values())),
+for _tag, _estimators in (("core", BASIC), ("discrete", DISCRETE), ("discrete", GUMBEL_RAO),
+                          ("policy", GROUP_BASELINES), ("reference", tuple(REFERENCE_ESTIMATORS.values())),
                           ("peer", tuple(PEER_ESTIMATORS.values()))):  # fmt: skip
     for _estimator in _estimators:
         ESTIMATORS.register(_estimator.name, _estimator, _tag)
