@@ -131,3 +131,12 @@ def test_applies_where_straight_through_does():
         problem = make_problem(name)
         reasons = [ESTIMATORS[estimator].skip_reason(problem, 10) for estimator in ("gumbel_rao", "straight_through")]
         assert reasons[0] == reasons[1], name
+
+
+@pytest.mark.parametrize("name, params, theta", CASES[:2], ids=CASE_IDS[:2])
+def test_bernoulli_problems_report_straight_through_exact_mean_for_gumbel_rao(name, params, theta):
+    problem = make_problem(name, params=params)
+    options = {"temperature": TEMPERATURE, "samples": 3}
+    expected = problem.exact_mean(theta, "straight_through", {"temperature": TEMPERATURE})
+    assert problem.exact_mean(theta, "gumbel_rao", options) == expected
+    assert expected == pytest.approx(straight_through_exact(name, params, theta).mean, rel=1e-7)
