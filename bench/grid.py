@@ -247,7 +247,7 @@ def _gaussian_sweeps(**common) -> list[Sweep]:
 RELAXATIONS = ("gumbel_softmax", "straight_through")
 # Discrete estimators since 2020, measured on the discrete problems beside the classic ones (not on the workloads
 # or in the ci grid, so the committed baseline stays valid).
-RECENT_DISCRETE = ("indecater", "double_cv")
+RECENT_DISCRETE = ("reinmax", "gumbel_rao", "indecater", "double_cv")
 
 
 def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
@@ -272,7 +272,7 @@ def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:
             Sweep("bernoulli_multi", thetas=(0.5,), **recent),
             Sweep("categorical_toy", thetas=(0.5,), **recent),
             Sweep("bernoulli_toy", thetas=(0.5,), params={"t": (0.45,)}, estimator_params={"temperature": temperatures},
-                  **{**common, "estimators": RELAXATIONS, "n_samples": largest_n}),
+                  **{**common, "estimators": (*RELAXATIONS, "reinmax", "gumbel_rao"), "n_samples": largest_n}),
         ]  # fmt: skip
     thetas = (-2.0, 0.0, 0.5, 2.0)
     swept = {**common, "n_samples": largest_n, "estimators": (*RELAXATIONS, "rebar")}

@@ -1,8 +1,9 @@
 """The estimators varbench ships, registered in ``ESTIMATORS`` with tags, and ``get_estimator`` by name.
 
 Tags: ``core`` (naive, score function, RLOO, pathwise, measure-valued), ``discrete`` (ARM, DisARM, the
-relaxations, REBAR, RELAX, and since 2020 ReinMax, IndeCateR, double control variates), ``policy`` (the group
-baselines GRPO and Dr. GRPO), ``reference`` (the finite difference), ``peer`` (Pyro's and Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
+relaxations, REBAR, RELAX, and since 2020 ReinMax, Gumbel-Rao, IndeCateR, double control variates), ``policy``
+(the group baselines GRPO and Dr. GRPO), ``reference`` (the finite difference), ``peer`` (Pyro's and
+Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
 A user's estimator is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.estimators``),
 and goes through the same registry.
 """
@@ -15,6 +16,7 @@ from .basic import BASIC
 from .discrete import DISCRETE
 from .double_cv import DOUBLE_CV
 from .group_baselines import GROUP_BASELINES
+from .gumbel_rao import GUMBEL_RAO
 from .indecater import INDECATER
 from .peers import PEER_ESTIMATORS, PEER_STATUS
 from .reference import REFERENCE_ESTIMATORS
@@ -23,7 +25,7 @@ from .reinmax import REINMAX
 ESTIMATORS: Registry[Estimator] = Registry("estimator", EstimatorError, entry_point_group="varbench.estimators",
                                            adopt=adopt_estimator)  # fmt: skip
 
-for _tag, _estimators in (("core", BASIC), ("discrete", (*DISCRETE, *REINMAX, INDECATER, DOUBLE_CV)),
+for _tag, _estimators in (("core", BASIC), ("discrete", (*DISCRETE, *REINMAX, *GUMBEL_RAO, INDECATER, DOUBLE_CV)),
                           ("policy", GROUP_BASELINES), ("reference", tuple(REFERENCE_ESTIMATORS.values())),
                           ("peer", tuple(PEER_ESTIMATORS.values()))):  # fmt: skip
     for _estimator in _estimators:

@@ -65,9 +65,10 @@ def _relaxation_mean(targets: list[float]):
     """Problem.exact_mean of the Bernoulli problems: the relaxations' exact E[ĝ] (their bias plus the gradient)."""
 
     def exact_mean(theta: float, estimator: str, options: Mapping[str, float]) -> float | None:
-        if estimator not in ("gumbel_softmax", "straight_through"):
+        if estimator not in ("gumbel_softmax", "straight_through", "gumbel_rao"):
             return None
-        return _relaxed_mean_bernoulli(theta, targets, options["temperature"], estimator == "straight_through")
+        # Gumbel-Rao is straight-through Rao-Blackwellised, so its mean is straight-through's for every K.
+        return _relaxed_mean_bernoulli(theta, targets, options["temperature"], estimator != "gumbel_softmax")
 
     return exact_mean
 
