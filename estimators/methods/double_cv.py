@@ -56,7 +56,7 @@ def _applies(problem: Problem, n_samples: int) -> str | None:
 
 DOUBLE_CV = Estimator(
     "double_cv", double_cv,
-    "RLOO on f − ∇f(μ)ᵀx plus the pathwise ∂f(σ(α)) (double control variates, Titsias & Shi); Bernoulli, unbiased, N ≥ 2",
+    "RLOO on f − ∇f(μ)ᵀx plus the pathwise ∂f(σ(α)) (double control variates, Titsias & Shi 2022); Bernoulli, unbiased, N ≥ 2",
     skip_reason=_applies, samples_independent=False,
     coupled_samples_reason="its leave-one-out baseline would contain samples coupled to x_n, which biases it",
     parallel_safe=True,

@@ -68,10 +68,10 @@ def _biased(problem: Problem) -> bool:
 _COUPLED = "its group baseline would contain samples coupled to x_i"
 
 GROUP_BASELINES: tuple[Estimator, ...] = (
-    Estimator("grpo", grpo, "(r − group mean)/(group std + 1e-4) ∂log p, 0 for equal rewards (GRPO); biased, N >= 2",
+    Estimator("grpo", grpo, "(r − group mean)/(group std + 1e-4) ∂log p, 0 for equal rewards (GRPO, Shao et al. 2024); biased, N >= 2",
               skip_reason=group_skip_reason, unbiased_for=_biased, samples_independent=False,
               coupled_samples_reason=_COUPLED, parallel_safe=True),
-    Estimator("dr_grpo", dr_grpo, "(r − group mean) ∂log p (Dr. GRPO); mean (G − 1)/G of the gradient, N >= 2",
+    Estimator("dr_grpo", dr_grpo, "(r − group mean) ∂log p (Dr. GRPO, Liu et al. 2025); mean (G − 1)/G of the gradient, N >= 2",
               skip_reason=group_skip_reason, unbiased_for=_biased, samples_independent=False,
               coupled_samples_reason=_COUPLED, parallel_safe=True),
 )  # fmt: skip

@@ -91,7 +91,7 @@ _SAMPLES = ParameterRange("conditional Gumbel draws K averaged in the backward p
 GUMBEL_RAO: tuple[Estimator, ...] = (
     Estimator("gumbel_rao", gumbel_rao,
               "straight-through with the relaxed gradient averaged over K Gumbels given the hard sample "
-              "(Gumbel-Rao); biased, straight-through's mean, 1 cost eval + K relaxations",
+              "(Gumbel-Rao, Paulus et al. 2021); biased, straight-through's mean, 1 cost eval + K relaxations",
               skip_reason=_needs_differentiable_discrete, unbiased_for=_biased,
               parameters={"temperature": 0.5, "samples": 10},
               parameter_ranges={"temperature": POSITIVE_TEMPERATURE, "samples": _SAMPLES}),

@@ -64,6 +64,6 @@ def indecater_evaluations(problem: Problem) -> int:
 
 INDECATER = Estimator(
     "indecater", indecater,
-    "Σ_d Σ_k f(x_−d, x_d = k) ∂π_{d,k}: each coordinate summed out exactly at the sample (IndeCateR); unbiased, D·K cost evals",
+    "Σ_d Σ_k f(x_−d, x_d = k) ∂π_{d,k}: each coordinate summed out exactly at the sample (IndeCateR, De Smet et al. 2023); unbiased, D·K cost evals",
     skip_reason=_needs_discrete, cost_evaluations=indecater_evaluations, parallel_safe=True,
 )  # fmt: skip

@@ -59,7 +59,7 @@ def reinmax(problem: Problem, theta: Tensor, n_samples: int, *, temperature: flo
 
 REINMAX: tuple[Estimator, ...] = (
     Estimator("reinmax", reinmax,
-              "f at the hard sample D forward, 2J(½(D + softmax(α/τ))) − ½J(softmax α) backward (ReinMax, Heun); biased",
+              "f at the hard sample D forward, 2J(½(D + softmax(α/τ))) − ½J(softmax α) backward (ReinMax, Liu et al. 2023; Heun); biased",
               skip_reason=_needs_differentiable_discrete, unbiased_for=_biased,
               parameters={"temperature": DEFAULT_TEMPERATURE}, parameter_ranges={"temperature": POSITIVE_TEMPERATURE}),
 )  # fmt: skip
