@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..regression import exact_variance_z
 from ..statistics import CONFIDENCE
 from .verdict import fmt
 
@@ -23,13 +23,6 @@ def coverage(rows: pd.DataFrame) -> tuple[int, int, float, float]:
         return 0, 0, math.nan, math.nan
     interval = stats.binomtest(covered, total).proportion_ci(CONFIDENCE, method="exact")
     return covered, total, float(interval.low), float(interval.high)
-
-
-def deviation_z(rows: pd.DataFrame) -> pd.Series:
-    """log(measured / exact) in units of the measured interval's log-scale standard error."""
-    low, high = np.log(rows["grad_var_ci_low"]), np.log(rows["grad_var_ci_high"])
-    se = (high - low) / (2 * stats.norm.ppf(0.5 + CONFIDENCE / 2))
-    return ((high + low) / 2 - np.log(rows["exact_var"])) / se
 
 
 def exact_section(ok: pd.DataFrame) -> list[str]:
@@ -58,7 +51,7 @@ def exact_section(ok: pd.DataFrame) -> list[str]:
     ]
     missed = with_exact[with_exact["exact_var_covered"].eq(False)].copy()
     if len(missed):
-        missed["z"] = deviation_z(missed)
+        missed["z"] = exact_variance_z(missed)
         missed = missed.reindex(missed["z"].abs().sort_values(ascending=False).index)
         lines += [f"Cells where the interval missed the exact variance ({len(missed)}, furthest first"
                   + (f"; the first {SHOWN_MISSES} shown, all have `exact_var_covered` False in table.csv" if len(missed) > SHOWN_MISSES else "")
