@@ -185,7 +185,8 @@ def _render_report(folder: Path) -> int | None:
     from . import report
 
     try:
-        print(f"varbench: report written to {report.write_report(folder)}")
+        path = report.write_report(folder)
+        print(f"varbench: report written to {path} and {path.with_suffix('.html')}")
     except KeyboardInterrupt as stop:
         print(f"\nvarbench: {_stopped(stop)} while rendering the report; {folder / TABLE_NAME} is intact and "
               f"`varbench report {folder}` renders it", file=sys.stderr)  # fmt: skip

@@ -30,6 +30,8 @@ from pathlib import Path
 LOCK_NAME = ".varbench.lock"
 MARKER_NAME = ".varbench-run"
 REPORT_TITLE = "# varbench report"  # the first line of every report.md varbench writes
+REPORT_HTML_SIGNATURE = "<!-- varbench report -->"  # the second line of every report.html (after <!DOCTYPE html>)
+REPORT_FILES = ("report.md", "report.html")  # written together, from the same sections
 
 
 class RunFolderError(ValueError):
@@ -57,18 +59,23 @@ def ensure_writable(folder: Path, flag: str = "--out") -> Path:
 
 
 def check_report_replaceable(folder: Path) -> None:
-    """Refuse to overwrite a report.md that varbench did not write (it would be lost)."""
-    path = Path(folder) / "report.md"
-    if path.is_file() and not is_varbench_report(path):
-        raise RunFolderError(f"{path} was not written by varbench and would be replaced by its report; move it away")
+    """Refuse to overwrite a report.md or report.html that varbench did not write (it would be lost)."""
+    for name in REPORT_FILES:
+        path = Path(folder) / name
+        if path.is_file() and not is_varbench_report(path):
+            raise RunFolderError(f"{path} was not written by varbench and would be replaced by its report; move it away")
 
 
 def is_varbench_report(path: Path) -> bool:
+    """Whether ``path`` starts as varbench's report.md (its title) or report.html (its signature) does."""
+    path = Path(path)
+    first = [REPORT_HTML_SIGNATURE] if path.suffix == ".html" else [REPORT_TITLE]
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.readline().rstrip("\r\n") == REPORT_TITLE
+            lines = [handle.readline().rstrip("\r\n") for _ in range(2 if path.suffix == ".html" else 1)]
     except OSError:
         return False
+    return lines[-1:] == first
 
 
 # ---------------------------------------------------------------------------------------------------------

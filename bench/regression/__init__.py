@@ -70,7 +70,7 @@ class BaselineError(ValueError):
 
 BASELINE_FILES = frozenset({TABLE_NAME, SPEED_JSON, META_JSON})
 # What `varbench regress` writes into its folder (besides the report's plots).
-REGRESS_FILES = (TABLE_NAME, SPEED_JSON, SPEED_COMPARE_TXT, REGRESSIONS_CSV, "report.md")
+REGRESS_FILES = (TABLE_NAME, SPEED_JSON, SPEED_COMPARE_TXT, REGRESSIONS_CSV, *run_folder.REPORT_FILES)
 
 
 def _is_old_baseline(folder: Path, entries: set[str]) -> bool:

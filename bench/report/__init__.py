@@ -20,7 +20,7 @@ from estimators import ESTIMATORS, PEER_STATUS, PROBLEMS, VARIANCE_REDUCTIONS, P
 from .. import environment, regression, run_folder
 from ..statistics import BIAS_ALPHA, ROUNDING_ULPS, Z95, bias_critical_z, familywise_biased
 from ..table import TABLE_NAME, TableError, latest_rows, load_table
-from . import plots, verdict
+from . import interactive, page, plots, verdict
 from .verdict import fmt
 from .exact import exact_section
 from .policy import policy_section
@@ -400,7 +400,7 @@ PLOTS: Registry[ProblemPlot] = Registry("report plot", ValueError)
 
 def write_report(out_dir: Path) -> Path:
     """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``: its registered sections
-    in order, replaced whole or not at all."""
+    in order, and ``out_dir/report.html``: the same sections as a web page; each replaced whole or not at all."""
     out_dir = Path(out_dir)
     frame = latest_rows(load_table(out_dir / TABLE_NAME))
     if not len(frame):
@@ -416,9 +416,52 @@ def write_report(out_dir: Path) -> Path:
     context = ReportContext(out_dir, frame, ok[~vector], ok[vector], frame[frame["status"] == "skipped"],
                             frame[frame["status"] == "error"])  # fmt: skip
     lines = [line for section in sorted(SECTIONS.values(), key=lambda s: s.order) for line in section.render(context)]
+    markdown = "\n".join(lines)
+    # The web page renders the same Markdown (so the same verdicts), then a table of every cell to filter.
+    web_page = page.render_page("\n".join([markdown, "", *_cells_section(context)]), out_dir, _interactive_figures(context))
     path = out_dir / "report.md"
-    replace_whole(path, "\n".join(lines).encode("utf-8"))
+    replace_whole(path, markdown.encode("utf-8"))
+    replace_whole(out_dir / "report.html", web_page.encode("utf-8"))
     return path
+
+
+def _problem_stem(out_dir: Path, key: tuple) -> Path:
+    """The path, without suffix, from which a problem instance's figures are named."""
+    problem, params_json, wrt, device, dtype = key
+    return out_dir / _slug(problem, wrt, *json.loads(params_json).values(), device, dtype)
+
+
+def _interactive_figures(c: ReportContext) -> dict:
+    """report.html's interactive figures, by the name of the PNG each replaces there."""
+    figures = {}
+    for key, group in c.ok.groupby(INSTANCE, sort=False):
+        stem, title = _problem_stem(c.out_dir, key).name, _title(key[0], key[1], key[2])
+        figures[f"{stem}_variance_vs_n.png"] = interactive.variance_vs_n(group, title)
+        if group["theta"].nunique() >= 2:
+            figures[f"{stem}_variance_vs_theta.png"] = interactive.variance_vs_theta(group, title)
+    return figures
+
+
+def _cells_section(c: ReportContext) -> list[str]:
+    """Every measured cell of a scalar θ in one table (report.html only, where it can be sorted and filtered)."""
+    if not len(c.ok):
+        return []
+    lines = ["## All measured cells", "",
+             "Every measured cell, one row each: sort by a column (click its header), filter by problem, estimator, "
+             "θ and N, or by any text. Verdicts as in the ranking tables.", "",
+             "| problem | θ | N | estimator | mean ± 1.96·se | exact | bias verdict (z) | per-sample variance [95% CI] "
+             "| work-normalised variance [95% CI] |", "|---|---:|---:|---|---|---:|---|---|---|"]  # fmt: skip
+    for _, row in c.ok.sort_values(INSTANCE + ["theta", "n_samples", "estimator"]).iterrows():
+        n = row["n_samples"]
+        variance = ("∞" if row["variance_infinite"] is True else
+                    _interval(row["grad_var"], row["grad_var_ci_low"], row["grad_var_ci_high"], n))  # fmt: skip
+        lines.append(
+            f"| {_title(row['problem'], row['problem_params'], row['wrt'])} [{row['device']}, {row['dtype']}] "
+            f"| {row['theta']:g} | {n} | {row['estimator']} | {fmt(row['grad_mean'])} ± {fmt(Z95 * row['bias_se'], 2)} "
+            f"| {_exact_mean(row)} | {_verdict(row)} ({fmt(row['bias_z'], 3)}) | {variance} "
+            f"| {_interval(row['work_normalized_var'], row['work_normalized_var_ci_low'], row['work_normalized_var_ci_high'], digits=3)} |"
+        )
+    return lines + [""]
 
 
 def _header(c: ReportContext) -> list[str]:
@@ -488,7 +531,7 @@ def _problem_sections(c: ReportContext) -> list[str]:
     for key, group in c.ok.groupby(INSTANCE, sort=False):
         problem, params_json, wrt, device, dtype = key
         title = _title(problem, params_json, wrt)
-        stem = c.out_dir / _slug(problem, wrt, *json.loads(params_json).values(), device, dtype)
+        stem = _problem_stem(c.out_dir, key)
         lines += [f"## {title} — {device}, {dtype}", "", f"Exact gradient: `{_formula(problem, params_json, wrt)}`", ""]
         n_max = group["n_samples"].max()
         for theta, rows in group[group["n_samples"] == n_max].groupby("theta"):
