@@ -7,7 +7,7 @@ OUT ?= results/default
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick full test test-fast regress baseline perf exact peers report list clean install
+.PHONY: bench quick full test test-fast test-browser regress baseline perf exact peers report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
@@ -23,6 +23,14 @@ test: $(VENV)/.installed ## the whole test suite, slow and integration tests inc
 
 test-fast: $(VENV)/.installed ## the developer's loop (< 2 min): the suite without the slow and integration tests
 	$(BIN)/python -m pytest
+
+test-browser: $(VENV)/.installed ## report.html in headless Chromium: installs Debian's chromium (as root or via sudo) and playwright
+	@[ -x "$${VARBENCH_CHROMIUM:-/usr/bin/chromium}" ] || command -v chromium >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y chromium; } \
+	  || sudo -n sh -c "apt-get update -qq && apt-get install -y chromium" \
+	  || echo "varbench: could not install chromium (apt-get install chromium as root); the browser test will be skipped"
+	$(BIN)/python -m pip install --quiet -e ".[browser]"
+	$(BIN)/python -m pytest -m browser -rs tests/test_report_html.py
 
 regress: $(VENV)/.installed ## re-measure the ci grid, compare with results/baseline/; fails on a regression (<= 3 min)
 	$(BIN)/varbench regress --baseline results/baseline --out results/regress --no-progress
