@@ -13,7 +13,7 @@ from .plots import _has_exact, _positive, estimator_style
 # matplotlib's markers (plots.estimator_style) as plotly's symbols.
 _SYMBOLS = {"o": "circle", "x": "x", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down",
             "P": "cross", "*": "star", "<": "triangle-left", ">": "triangle-right"}  # fmt: skip
-_HOVER = ("<b>%{customdata[0]}</b><br>θ = %{customdata[1]:.4g}, N = %{customdata[2]}<br>%{customdata[3]} = %{y:.4g}"
+_HOVER = ("<b>%{customdata[0]}</b><br>θ = %{customdata[1]}, N = %{customdata[2]}<br>%{customdata[3]} = %{y:.4g}"
           "<br>95% CI [%{customdata[4]:.4g}, %{customdata[5]:.4g}]<extra></extra>")  # fmt: skip
 
 
