@@ -247,16 +247,28 @@ def test_the_page_works_in_headless_chromium(browser_page, small_run):  # no run
     # A plot drawn, with one legend entry per estimator; hovering a point shows its numbers.
     traces = page_.evaluate("document.getElementById('plot-1').data.map(t => [t.name, t.legendgroup, t.visible])")
     assert {name for name, _, _ in traces} >= {"pathwise", "score_function", "naive (biased)"}
+    # Hover the point farthest from every other trace's point (nearby points of other estimators would win).
     box = page_.evaluate("""() => {
-        document.getElementById('plot-1').scrollIntoView();
-        const gd = document.getElementById('plot-1'), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-        const point = gd.calcdata[0][0], r = gd.querySelector('.main-svg').getBoundingClientRect();
-        return [r.left + xa._offset + xa.c2p(point.x), r.top + ya._offset + ya.c2p(point.y), gd.data[0].name];
+        const gd = document.getElementById('plot-1');
+        gd.scrollIntoView();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.querySelector('.main-svg').getBoundingClientRect();
+        const points = [];
+        gd.calcdata.forEach((trace, i) => {
+            if (gd.data[i].xaxis && gd.data[i].xaxis !== 'x') return;
+            trace.forEach(p => points.push([i, xa._offset + xa.c2p(p.x), ya._offset + ya.c2p(p.y), p.x]));
+        });
+        let best = null, bestGap = -1;
+        for (const [i, x, y, n] of points) {
+            if (gd.data[i].mode !== 'lines+markers') continue;
+            const gap = Math.min(...points.filter(q => q[0] !== i).map(q => Math.hypot(q[1] - x, q[2] - y)));
+            if (gap > bestGap) { bestGap = gap; best = [r.left + x, r.top + y, gd.data[i].customdata[0][0], n]; }
+        }
+        return best;
     }""")
     page_.mouse.move(box[0], box[1])
     page_.wait_for_selector("#plot-1 .hoverlayer .hovertext", timeout=5000)
     hover = page_.locator("#plot-1 .hoverlayer .hovertext").first.text_content()
-    assert box[2].split(" ")[0] in hover and "N = 10" in hover and "variance = " in hover and "95% CI [" in hover
+    assert hover.startswith(box[2]) and f"N = {box[3]}" in hover and "variance = " in hover and "95% CI [" in hover
 
     # Clicking an estimator's legend entry hides all its traces (every θ panel), and only those.
     name = traces[0][1]
