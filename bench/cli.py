@@ -28,7 +28,7 @@ from .exact_curves import ExactCurveError
 from .executors import EXECUTORS, ExecutorError, open_executor
 from .grid import DTYPES, MIN_REPLICATES, PRESETS, GridError, Sweep, check_base_seed, default_estimators, expand, preset
 from .regression import BaselineError
-from .table import TABLE_NAME, TableError
+from .table import TABLE_NAME, TableError, table_exists
 
 USER_ERRORS = (ExactCurveError, ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError,
                ExecutorError, run_folder.RunFolderError)
@@ -344,7 +344,7 @@ def _single(values: tuple, flag: str):
 
 def _report(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
-    if not (folder / TABLE_NAME).is_file():
+    if not table_exists(folder / TABLE_NAME):
         raise TableError(f"no results table at {folder / TABLE_NAME}")
     run_folder.ensure_writable(folder, "DIR")
     run_folder.check_report_replaceable(folder)

@@ -42,7 +42,7 @@ from scipy import stats
 
 from .. import environment, run_folder
 from ..statistics import FLOAT32_EPS, Z95, holm, rounding_resolution
-from ..table import TABLE_NAME, TableError, latest_rows, load_table
+from ..table import PARQUET_NAME, TABLE_NAME, TableError, latest_rows, load_table, table_exists
 
 ALPHA = 0.01  # family-wise false-alarm rate per metric across the whole grid (Holm)
 MIN_VARIANCE_RATIO = 1.2  # a variance change under 20% is not worth failing a build for
@@ -70,12 +70,12 @@ class BaselineError(ValueError):
 
 BASELINE_FILES = frozenset({TABLE_NAME, SPEED_JSON, META_JSON})
 # What `varbench regress` writes into its folder (besides the report's plots).
-REGRESS_FILES = (TABLE_NAME, SPEED_JSON, SPEED_COMPARE_TXT, REGRESSIONS_CSV, "report.md")
+REGRESS_FILES = (TABLE_NAME, PARQUET_NAME, SPEED_JSON, SPEED_COMPARE_TXT, REGRESSIONS_CSV, "report.md")
 
 
 def _is_old_baseline(folder: Path, entries: set[str]) -> bool:
     """A baseline folder recorded before markers existed (the committed one): exactly the baseline's files."""
-    return entries == BASELINE_FILES
+    return entries in (BASELINE_FILES, BASELINE_FILES | {PARQUET_NAME})
 
 
 def _is_old_regress_run(folder: Path, entries: set[str]) -> bool:
@@ -403,7 +403,7 @@ def _typical_cost(bench: dict, relative: bool) -> float:
 def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:
     """(table, speed JSON, metadata) of a recorded baseline; BaselineError naming what is wrong otherwise."""
     folder = Path(folder)
-    if not (folder / META_JSON).exists() or not (folder / TABLE_NAME).exists():
+    if not (folder / META_JSON).exists() or not table_exists(folder / TABLE_NAME):
         raise BaselineError(f"no baseline in {folder}/ ({META_JSON} and {TABLE_NAME} expected); {_remedy(folder)}")
     try:
         meta = json.loads((folder / META_JSON).read_text())
