@@ -243,6 +243,33 @@ def test_an_append_refuses_a_folder_that_is_not_a_history_before_writing(run_fol
     assert not list(store.glob(f"*{history.POINTS_SUFFIX}"))
 
 
+def test_regress_with_history_appends_the_run_with_its_verdicts(run_folders, tmp_path, monkeypatch, capsys):
+    """The wiring of `regress --history` (the gate itself is tests/test_regression.py's): a folder that is not a
+    history is refused before anything is measured, and a measured run lands in the history with its verdicts."""
+    measured = []
+
+    def fake_regression(baseline, out, **options):
+        measured.append(out)
+        out.mkdir(parents=True)
+        (out / TABLE_NAME).write_bytes((run_folders[1] / TABLE_NAME).read_bytes())
+        verdicts = regression.compare_runs(run_folders[0], run_folders[1]).verdicts
+        verdicts.loc[verdicts["metric"] == "variance", "verdict"] = "improved"  # marks them to find them again
+        return regression.RegressionOutcome(verdicts, True, out / "report.md")
+
+    monkeypatch.setattr(regression, "run_regression", fake_regression)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    args = ["regress", "--baseline", str(run_folders[0]), "--out", str(tmp_path / "regress")]
+    assert cli.main([*args, "--history", str(other)]) == 2 and not measured
+    assert "is not a varbench history" in capsys.readouterr().err
+    assert cli.main([*args, "--history", str(tmp_path / "store")]) == 0 and measured
+    points = history.load_points(tmp_path / "store")
+    assert points["commit"].unique().tolist() == [sha(1)]
+    assert set(points.loc[points["metric"] == "variance", "verdict"]) == {"improved"}
+    assert set(points.loc[points["metric"] == "bias_z", "verdict"]) <= {"ok", "regressed", "improved"}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # varbench compare
 
