@@ -307,6 +307,8 @@ def _history(args: argparse.Namespace) -> int:
 
     folder = Path(args.dir)
     if args.append:
+        if args.order is not None or args.out != RENDER_OUT:
+            raise UsageError("--append only adds runs; render with a second `varbench history DIR [--out] [--order]`")
         history.check_store(folder, create=True, flag="DIR")
         runs = [history.read_run(Path(run)) for run in args.append]  # every folder checked before any is added
         for run in runs:
@@ -337,6 +339,9 @@ def _history(args: argparse.Namespace) -> int:
     print(f"varbench: {len(analysis.changes)} change(s) in {analysis.n_series} series over {len(analysis.runs)} runs; "
           f"summary in {summary}")  # fmt: skip
     return 0
+
+
+RENDER_OUT = "results/history"
 
 
 def _alpha(text: str) -> float:
@@ -543,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     his.add_argument("dir", type=_text("a history folder"), help="the history folder (varbench regress --history DIR)")
     his.add_argument("--append", nargs="+", metavar="RUN_DIR", type=_text("a run folder"),
                      help="add these run folders to the history instead of rendering it")
-    his.add_argument("--out", default="results/history", type=_text("a folder"),
+    his.add_argument("--out", default=RENDER_OUT, type=_text("a folder"),
                      help="folder for summary.md, history.md, history.csv, changes.csv and the plots")
     his.add_argument("--order", type=_text("a file"), metavar="FILE",
                      help="commit order, oldest first, one sha per line (git log --reverse --format=%%H > FILE); "

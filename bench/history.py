@@ -163,7 +163,8 @@ def read_run(folder: Path, verdicts: pd.DataFrame | None = None) -> Run:
     if verdicts is None and (folder / REGRESSIONS_CSV).is_file():
         verdicts = pd.read_csv(folder / REGRESSIONS_CSV, keep_default_na=False, na_values=[""])
     ok = table[table["status"] == "ok"]
-    commit, dirty = _split_sha(str(ok["git_sha"].mode().iloc[0]))
+    shas = ok["git_sha"].dropna().astype(str)
+    commit, dirty = _split_sha(str(shas.mode().iloc[0]) if len(shas) else "")
     key = dict(run_id=uuid.uuid4().hex, commit=commit, dirty=dirty,
                machine=machine_fingerprint(speed) if speed.get("benchmarks") else table_machine(ok),
                run_date=str(ok["started_at"].min()), recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -2,9 +2,10 @@
 with validation so a corrupt file is reported, never silently overwritten.
 
 Each run folder holds ``table.csv`` (appended as cells finish: what a killed run keeps) and ``table.parquet``
-beside it (the same rows with their types, replaced whole after every append). The parquet records the sha256 of
-the CSV it was written from; readers prefer it while it matches, and otherwise (older folders, a CSV edited or
-appended to after, no parquet) read the CSV."""
+beside it (the same rows with their types, replaced whole when a sweep ends or is interrupted: rewriting it after
+every block would cost a parse of the whole table each time). The parquet records the sha256 of the CSV it was
+written from; readers prefer it while it matches, and otherwise (older folders, a sweep still running, a CSV
+edited after) read the CSV."""
 
 from __future__ import annotations
 
@@ -147,7 +148,6 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         handle.write(buffer.getvalue())
         handle.flush()
         os.fsync(handle.fileno())
-    write_parquet(path)
 
 
 HEADER = ",".join(COLUMNS)
@@ -260,10 +260,10 @@ def _load_parquet_if_current(typed: Path, csv_path: Path) -> pd.DataFrame | None
     (or the copy cannot be read and the CSV can): then the CSV is the table."""
     csv_exists = csv_path.is_file()
     try:
-        table = pq.read_table(typed)
-        written_from = (table.schema.metadata or {}).get(CSV_DIGEST_KEY)
+        written_from = (pq.read_schema(typed).metadata or {}).get(CSV_DIGEST_KEY)
         if csv_exists and written_from != _digest(csv_path.read_bytes()):
             return None
+        table = pq.read_table(typed)
         if table.schema.names != COLUMNS:
             raise pa.ArrowInvalid("its columns are not this version's schema (docs/schema.md)")
         table = table.cast(ARROW_SCHEMA)
@@ -335,7 +335,8 @@ def _normalized(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_parquet(csv_path: Path) -> Path:
-    """Replace the parquet copy of the CSV table at ``csv_path`` with its current rows, atomically."""
+    """Replace the parquet copy of the CSV table at ``csv_path`` with its current rows, atomically; every writer
+    of a table calls it when it has appended its rows."""
     csv_path = Path(csv_path)
     data = csv_path.read_bytes()
     table = to_arrow(_parse_csv(csv_path, data))

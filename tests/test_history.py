@@ -156,6 +156,16 @@ def test_an_order_from_git_log_decides_the_order_and_leaves_out_other_commits(re
     assert sorted(changes["first_commit"]) == sorted([sha(VARIANCE_STEP_AT)] + [sha(SPEED_STEP_AT)] * 2)
 
 
+def test_a_timed_run_adds_its_relative_costs_as_speed_points(run_folders):
+    table = history.load_table(run_folders[0] / TABLE_NAME)
+    table.loc[0, ["relative_cost", "relative_cost_ci_low", "relative_cost_ci_high"]] = [2.0, 1.6, 2.5]
+    points = history.table_points(table)
+    (speed,) = points[points["metric"] == "speed"].to_dict("records")
+    assert speed["cell_id"] == table.loc[0, "cell_id"] and speed["estimate"] == math.log(2.0)
+    assert speed["se"] == pytest.approx(math.log(2.5 / 1.6) / (2 * Z95))
+    assert sorted(points["metric"]) == ["bias_z", "bias_z", "speed", "variance", "variance"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Calibration: no change on unchanged series, at most at the nominal rate
 

@@ -1,5 +1,5 @@
-"""table.parquet: written beside table.csv by every append, the same rows with the same types, preferred by readers
-while it matches the CSV it was written from."""
+"""table.parquet: written beside table.csv when a sweep ends, the same rows with the same types, preferred by
+readers while it matches the CSV it was written from."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from bench.table import (
     MAX_SEED,
     PARQUET_NAME,
     TABLE_NAME,
+    _load_parquet_if_current,
     _parse_csv,
     append_rows,
     load_table,
     table_exists,
+    write_parquet,
 )
 
 # Skipped cells (score_function_loo at N = 1: empty statistics) and timed cells (cost columns filled).
@@ -85,6 +87,7 @@ def test_extreme_values_and_missing_seeds_round_trip(run, tmp_path):
                    theta=5e-324, note='comma, "quote" and\nnewline', biased=None)  # fmt: skip
     path = tmp_path / TABLE_NAME
     append_rows(path, [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in row.items()}, extreme])
+    write_parquet(path)
     typed, csv = load_table(path), from_csv(tmp_path)
     pd.testing.assert_frame_equal(typed, csv, check_dtype=True, check_exact=True)
     assert typed["seed"].iloc[1] == MAX_SEED and typed["seed"].dtype == "int64"
@@ -93,6 +96,20 @@ def test_extreme_values_and_missing_seeds_round_trip(run, tmp_path):
     # A missing seed: nullable Int64 from both readers, never a float.
     (tmp_path / "missing").mkdir()
     append_rows(tmp_path / "missing" / TABLE_NAME, [dict(row, seed=None), dict(row, seed=MAX_SEED)])
+    write_parquet(tmp_path / "missing" / TABLE_NAME)
     typed = load_table(tmp_path / "missing" / TABLE_NAME)
     pd.testing.assert_frame_equal(typed, from_csv(tmp_path / "missing"), check_dtype=True, check_exact=True)
     assert str(typed["seed"].dtype) == "Int64" and typed["seed"].iloc[1] == MAX_SEED
+
+
+def test_a_resumed_sweep_refreshes_the_parquet_at_its_end(run, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in (TABLE_NAME, PARQUET_NAME):
+        (folder / name).write_bytes((run / name).read_bytes())
+    more = [arg if arg != "3" else "1,3" for arg in RUN]  # θ = 1 is new, θ = 3 is done
+    assert cli.main([*more, "--out", str(folder)]) == 0
+    csv = from_csv(folder)
+    assert len(csv) > len(from_csv(run))
+    assert _load_parquet_if_current(folder / PARQUET_NAME, folder / TABLE_NAME) is not None  # written from this CSV
+    pd.testing.assert_frame_equal(load_table(folder / TABLE_NAME), csv, check_exact=True)
