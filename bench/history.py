@@ -170,6 +170,9 @@ def read_run(folder: Path, verdicts: pd.DataFrame | None = None) -> Run:
                run_date=str(ok["started_at"].min()), recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                source=str(folder))  # fmt: skip
     parts = [p for p in (table_points(table), speed_points(speed)) if len(p)]
+    if not parts:
+        raise HistoryError(f"run folder {folder}: no variance, bias z or speed figure to record (every variance is "
+                           "zero or infinite, and there are no speed benchmarks)")  # fmt: skip
     points = pd.concat(parts, ignore_index=True)
     points["verdict"] = ""
     if verdicts is not None and len(verdicts):
@@ -428,7 +431,7 @@ def summary_markdown(analysis: HistoryAnalysis, order_given: bool) -> str:
             lines.append(f"| | … {len(changes) - 20} more in changes.csv | | | |")
     else:
         lines.append("No change found.")
-    order = "the commit order given with --order" if order_given else "run date"
+    order = "ordered by the commits' order given with --order" if order_given else "ordered by run date"
     left = f"; {analysis.left_out} run(s) of commits not in --order left out" if analysis.left_out else ""
     lines += ["", f"Runs in {order}{left}. A change is a step in a piecewise-constant fit weighted by each point's "
               f"own standard error, accepted past a χ²₁ threshold Bonferroni-corrected over the splits and the "

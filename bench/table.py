@@ -331,7 +331,7 @@ def _normalized(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = flags.where(flags.notna(), None)
     for column in ("note", "code_hash", "user_code_hash"):
         frame[column] = frame[column].fillna("")
-    return frame
+    return frame.copy()  # one block per dtype again: column by column, pandas warns later callers of fragmentation
 
 
 def write_parquet(csv_path: Path) -> Path:
