@@ -380,7 +380,7 @@ def analyse(points: pd.DataFrame, order: list[str] | None = None, alpha: float =
 # Rendering: tables, plots, the summary for a pull request
 
 
-MAX_PANELS = 48  # per plot: series with changes first, then the rest in order
+MAX_PANELS = 48  # per plot: series with changes first, then the longest
 METRIC_TITLES = {"variance": "variance of the estimate (log scale, 95% interval)", "bias_z": "bias z (±1.96)",
                  "speed": "cost relative to the RNG floor (log scale, 95% interval)"}  # fmt: skip
 
@@ -468,7 +468,8 @@ def plot_metric(analysis: HistoryAnalysis, metric: str, path: Path) -> Path | No
     if not len(points):
         return None
     changed = set(analysis.changes.loc[analysis.changes["metric"] == metric, "series"])
-    series = sorted(points["series"].unique(), key=lambda s: (s not in changed, s))[:MAX_PANELS]
+    lengths = points.groupby("series").size()
+    series = sorted(lengths.index, key=lambda s: (s not in changed, -lengths[s], s))[:MAX_PANELS]
     columns = min(4, len(series))
     rows = math.ceil(len(series) / columns)
     sns.set_theme(style="whitegrid", font_scale=0.7)
@@ -494,7 +495,7 @@ def plot_metric(analysis: HistoryAnalysis, metric: str, path: Path) -> Path | No
     for ax in axes[-1]:
         ax.set_xticks(range(0, len(labels), step), [labels[i] for i in range(0, len(labels), step)], rotation=60)
     fig.suptitle(f"{METRIC_TITLES[metric]} across commits", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.4 * rows)))  # room for the title
     return save_figure(fig, path)
 
 
