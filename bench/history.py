@@ -1,9 +1,10 @@
 """The history of runs across commits: a store that concurrent CI jobs append to, the series of each cell's
 variance, bias z and relative speed across commits, and the commits where they changed.
 
-**Store**: a folder of immutable parquet files, two per run, named by run date, commit and a random id:
-``<name>.table.parquet`` (the run's results table, the table schema's types) and ``<name>.points.parquet`` (one
-row per cell and metric, ``POINT_SCHEMA``), each written to a temporary name and ``os.replace``d, the points last.
+**Store**: a folder of immutable parquet files per run, named by run date, commit and a random id:
+``<name>.table.parquet`` (the run's results table, the table schema's types), ``<name>.verdicts.parquet`` (the
+gate's verdicts, when the run has them) and ``<name>.points.parquet`` (one row per cell and metric,
+``POINT_SCHEMA``), each written to a temporary name and ``os.replace``d, the points last.
 An append never opens another run's file, so two jobs appending at once cannot lose each other's run, and a
 reader that globs ``*.points.parquet`` sees whole runs only. The marker ``.varbench-history`` says the folder
 is a history, so an append never writes into a folder that holds anything else.
@@ -39,6 +40,7 @@ from .table import TABLE_NAME, TableError, latest_rows, load_table, to_arrow, wr
 MARKER = ".varbench-history"
 POINTS_SUFFIX = ".points.parquet"
 TABLE_SUFFIX = ".table.parquet"
+VERDICTS_SUFFIX = ".verdicts.parquet"
 ALPHA = 0.01  # chance of reporting any change on a history where nothing changed (all series together)
 METRICS = ("variance", "bias_z", "speed")
 # The gate's metric behind each history metric (regressions.csv), so a point carries that run's verdict.
@@ -135,11 +137,12 @@ def speed_points(speed: dict) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Run:
-    """A run folder read for the history: its table, its points and its key."""
+    """A run folder read for the history: its table, its points, its key, and the gate's verdicts if any."""
 
     table: pd.DataFrame
     points: pd.DataFrame
     key: dict
+    verdicts: pd.DataFrame | None = None
 
 
 def read_run(folder: Path, verdicts: pd.DataFrame | None = None) -> Run:
@@ -181,7 +184,7 @@ def read_run(folder: Path, verdicts: pd.DataFrame | None = None) -> Run:
         points["verdict"] = [found.get((c, m), "") for c, m in zip(points["cell_id"], points["metric"])]
     for column, value in key.items():
         points[column] = value
-    return Run(table, points[POINT_COLUMNS], key)
+    return Run(table, points[POINT_COLUMNS], key, verdicts)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,20 +218,24 @@ def _start_store(folder: Path) -> None:
     run_folder.ensure_writable(folder, "--history")
     if not (folder / MARKER).is_file():  # two jobs starting one history write the same marker: either wins
         temporary = folder / f"{MARKER}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        temporary.write_text(json.dumps(dict(format=1, note="a varbench history: one immutable pair of parquet "
+        temporary.write_text(json.dumps(dict(format=1, note="a varbench history: immutable parquet "
                                              "files per run; `varbench history DIR` renders it")) + "\n")  # fmt: skip
         os.replace(temporary, folder / MARKER)
 
 
 def append_run(folder: Path, run: Run) -> Path:
-    """Add ``run`` to the history in ``folder`` (created when new or empty): its table file, then its points
-    file, each written whole under a name no other append uses. Returns the points file."""
+    """Add ``run`` to the history in ``folder`` (created when new or empty): its table file, its verdicts file,
+    then its points file, each written whole under a name no other append uses. Returns the points file."""
     folder = check_store(folder, create=True)
     _start_store(folder)
     stamp = "".join(ch for ch in run.key["run_date"][:19] if ch.isalnum()) or "undated"
     name = f"{stamp}_{run.key['commit'][:12] or 'nocommit'}{'-dirty' if run.key['dirty'] else ''}_{run.key['run_id'][:12]}"
     table = to_arrow(run.table).replace_schema_metadata({b"varbench.run": json.dumps(run.key).encode()})
     write_parquet_atomically(table, folder / f"{name}{TABLE_SUFFIX}")
+    if run.verdicts is not None and len(run.verdicts):
+        verdicts = pa.Table.from_pandas(run.verdicts.astype({"note": str}), preserve_index=False)
+        write_parquet_atomically(verdicts.replace_schema_metadata({b"varbench.run": json.dumps(run.key).encode()}),
+                                 folder / f"{name}{VERDICTS_SUFFIX}")  # fmt: skip
     points = pa.Table.from_pandas(run.points, schema=ARROW_POINTS, preserve_index=False)
     return write_parquet_atomically(points, folder / f"{name}{POINTS_SUFFIX}")
 

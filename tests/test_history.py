@@ -278,6 +278,10 @@ def test_regress_with_history_appends_the_run_with_its_verdicts(run_folders, tmp
     assert points["commit"].unique().tolist() == [sha(1)]
     assert set(points.loc[points["metric"] == "variance", "verdict"]) == {"improved"}
     assert set(points.loc[points["metric"] == "bias_z", "verdict"]) <= {"ok", "regressed", "improved"}
+    (verdicts_file,) = (tmp_path / "store").glob(f"*{history.VERDICTS_SUFFIX}")
+    stored = pd.read_parquet(verdicts_file)
+    assert len(stored) == len(regression.compare_runs(run_folders[0], run_folders[1]).verdicts)
+    assert set(stored["metric"]) >= {"variance", "bias", "speed", "exact_variance"}
 
 
 # ---------------------------------------------------------------------------------------------------------
