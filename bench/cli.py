@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -27,10 +28,12 @@ from .environment import DeviceError
 from .exact_curves import ExactCurveError
 from .executors import EXECUTORS, ExecutorError, open_executor
 from .grid import DTYPES, MIN_REPLICATES, PRESETS, GridError, Sweep, check_base_seed, default_estimators, expand, preset
+from .history import ALPHA as HISTORY_ALPHA
+from .history import HistoryError
 from .regression import BaselineError
-from .table import TABLE_NAME, TableError
+from .table import TABLE_NAME, TableError, table_exists
 
-USER_ERRORS = (ExactCurveError, ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError,
+USER_ERRORS = (ExactCurveError, ProblemError, EstimatorError, VarianceReductionError, GridError, DeviceError, TableError, BaselineError, HistoryError,
                ExecutorError, run_folder.RunFolderError)
 
 
@@ -241,25 +244,115 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _regress(args: argparse.Namespace) -> int:
-    from . import regression, report
+    from . import history, regression, report
 
+    if args.history is not None:
+        history.check_store(Path(args.history), create=True)  # a folder that is not a history: before measuring
     outcome = regression.run_regression(Path(args.baseline), Path(args.out), base_seed=args.seed,
                                         progress=not args.no_progress, render=report.write_report)  # fmt: skip
-    verdicts = outcome.verdicts
-    counts = verdicts.groupby(["metric", "verdict"]).size().unstack(fill_value=0)
     print("varbench: regression check against", args.baseline)
-    print(counts.to_string())
+    _print_verdicts(outcome)
+    print(f"varbench: verdicts in {Path(args.out) / regression.REGRESSIONS_CSV}; report in {outcome.report}")
+    if args.history is not None:
+        added = history.append_run(Path(args.history), history.read_run(Path(args.out), outcome.verdicts))
+        print(f"varbench: run added to the history as {added}")
+    return _fail_on_regressions(outcome)
+
+
+def _print_verdicts(outcome) -> None:
+    from . import regression
+
+    verdicts = outcome.verdicts
+    if len(verdicts):
+        print(verdicts.groupby(["metric", "verdict"]).size().unstack(fill_value=0).to_string())
     for _, row in verdicts[verdicts["verdict"] != "ok"].iterrows():
         print("  " + regression.describe_verdict(row))
     if not outcome.fingerprint_matches:
         print("varbench: speed was measured on another machine than the baseline: reported, not gated")
-    print(f"varbench: verdicts in {Path(args.out) / regression.REGRESSIONS_CSV}; report in {outcome.report}")
+
+
+def _fail_on_regressions(outcome) -> int:
+    from . import regression
+
     if len(outcome.regressed):
         print(f"varbench: {len(outcome.regressed)} regression(s):", file=sys.stderr)
         for _, row in outcome.regressed.iterrows():
             print("  " + regression.describe_verdict(row), file=sys.stderr)
         return 1
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from . import regression
+
+    out = Path(args.out) if args.out is not None else None
+    if out is not None:
+        run_folder.check_claimable(out, "compare")  # before any work
+    outcome = regression.compare_runs(Path(args.run_a), Path(args.run_b))
+    print(f"varbench: {args.run_b} compared with {args.run_a}")
+    _print_verdicts(outcome)
+    if out is not None:
+        run_folder.ensure_writable(out)
+        with run_folder.locked(out, "compare", wait_hint=""):
+            claim = run_folder.claim(out, "compare", (regression.REGRESSIONS_CSV,))
+            temporary = out / f".{regression.REGRESSIONS_CSV}.tmp"
+            outcome.verdicts.to_csv(temporary, index=False)
+            os.replace(temporary, out / regression.REGRESSIONS_CSV)
+            claim.record()
+        print(f"varbench: verdicts in {out / regression.REGRESSIONS_CSV}")
+    return _fail_on_regressions(outcome)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from . import history
+
+    folder = Path(args.dir)
+    if args.append:
+        if args.order is not None or args.out != RENDER_OUT:
+            raise UsageError("--append only adds runs; render with a second `varbench history DIR [--out] [--order]`")
+        history.check_store(folder, create=True, flag="DIR")
+        runs = [history.read_run(Path(run)) for run in args.append]  # every folder checked before any is added
+        for run in runs:
+            print(f"varbench: {run.key['source']} added to the history as {history.append_run(folder, run)}")
+        return 0
+    order = None
+    if args.order is not None:
+        try:
+            order = [line.split()[0] for line in Path(args.order).read_text().splitlines() if line.strip()]
+        except OSError as error:
+            raise UsageError(f"--order {args.order} cannot be read ({error.strerror}); give a file of commit shas, "
+                             "oldest first (git log --reverse --format=%H)") from None  # fmt: skip
+    out = Path(args.out)
+    if out.resolve() == folder.resolve():
+        raise UsageError(f"--out {out} is the history folder; choose another")
+    points = history.load_points(folder)
+    run_folder.check_claimable(out, "history")
+    analysis = history.analyse(points, order, alpha=args.alpha)
+    if not len(analysis.runs):
+        raise history.HistoryError(f"no run of {folder} is of a commit listed in --order {args.order}")
+    run_folder.ensure_writable(out)
+    with run_folder.locked(out, "history", wait_hint=""):
+        claim = run_folder.claim(out, "history", history.RENDER_FILES)
+        summary = history.render(analysis, out, order_given=order is not None)
+        claim.record()
+    for _, row in analysis.changes.iterrows():
+        print("  " + history.describe_change(row))
+    print(f"varbench: {len(analysis.changes)} change(s) in {analysis.n_series} series over {len(analysis.runs)} runs; "
+          f"summary in {summary}")  # fmt: skip
+    return 0
+
+
+RENDER_OUT = "results/history"
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability strictly between 0 and 1")
+    return value
 
 
 def _perf(args: argparse.Namespace) -> int:
@@ -345,7 +438,7 @@ def _single(values: tuple, flag: str):
 
 def _report(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
-    if not (folder / TABLE_NAME).is_file():
+    if not table_exists(folder / TABLE_NAME):
         raise TableError(f"no results table at {folder / TABLE_NAME}")
     run_folder.ensure_writable(folder, "DIR")
     run_folder.check_report_replaceable(folder)
@@ -440,7 +533,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder for this run: new, empty, or one regress wrote (its files are replaced)")
     reg.add_argument("--seed", type=_seed, help="base seed (default: the baseline's, so unchanged code reproduces it)")
     reg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    reg.add_argument("--history", type=_text("a folder"), metavar="DIR",
+                     help="also append this run (table, verdicts, speed) to the history in DIR (new, empty, or a history)")
     reg.set_defaults(handler=_regress)
+
+    cmp = commands.add_parser("compare", help="the gate's verdicts of run folder RUN_B against RUN_A; exit 1 on a regression")
+    cmp.add_argument("run_a", type=_text("a run folder"), help="the reference run folder (run, regress or baseline)")
+    cmp.add_argument("run_b", type=_text("a run folder"), help="the run folder judged against it")
+    cmp.add_argument("--out", type=_text("a folder"), help="also write regressions.csv here (a new or empty folder, "
+                     "or one compare wrote)")  # fmt: skip
+    cmp.set_defaults(handler=_compare)
+
+    his = commands.add_parser("history", help="series across commits and the commits where they changed (plots, "
+                              "tables, summary.md); --append adds runs")  # fmt: skip
+    his.add_argument("dir", type=_text("a history folder"), help="the history folder (varbench regress --history DIR)")
+    his.add_argument("--append", nargs="+", metavar="RUN_DIR", type=_text("a run folder"),
+                     help="add these run folders to the history instead of rendering it")
+    his.add_argument("--out", default=RENDER_OUT, type=_text("a folder"),
+                     help="folder for summary.md, history.md, history.csv, changes.csv and the plots")
+    his.add_argument("--order", type=_text("a file"), metavar="FILE",
+                     help="commit order, oldest first, one sha per line (git log --reverse --format=%%H > FILE); "
+                     "default: the runs' dates")  # fmt: skip
+    his.add_argument("--alpha", type=_alpha, default=HISTORY_ALPHA,
+                     help="chance of reporting any change on a history where nothing changed (default 0.01)")
+    his.set_defaults(handler=_history)
 
     prf = commands.add_parser("perf", help="performance: RNG floor, loop vs vectorised, memory, relative cost")
     prf.add_argument("--device", default="auto", help="cpu, cuda, comma-separated, or auto (= all available)")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from . import cell_progress, environment, run_folder
 from .executors import DaskExecutor, LocalExecutor
 from .grid import Cell, check_base_seed
-from .table import TABLE_NAME, append_rows, load_table, prepare_for_append
+from .table import TABLE_NAME, append_rows, load_table, prepare_for_append, write_parquet
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,19 @@ def _run_locked(cells, out_dir, base_seed, *, progress, executor, timed, force, 
         bar.set_postfix_str(f"{current[0]}: {text}")
 
     written: set[Cell] = set()
-    with bar, cell_progress.shown_by(show_inside, interval):
-        for block in (executor or LocalExecutor()).rows(comparison_blocks(todo), base_seed, timed=timed, show=show):
-            for cell, row in block:
-                if cell in written:  # an executor bug must not become a duplicate row
-                    raise RuntimeError(f"executor returned cell {cell.cell_id} ({cell.method}) twice")
-                written.add(cell)
-                errors += row["status"] == "error"
-            append_rows(table, [row for _, row in block])
-            bar.update(len(block))
+    try:
+        with bar, cell_progress.shown_by(show_inside, interval):
+            for block in (executor or LocalExecutor()).rows(comparison_blocks(todo), base_seed, timed=timed, show=show):
+                for cell, row in block:
+                    if cell in written:  # an executor bug must not become a duplicate row
+                        raise RuntimeError(f"executor returned cell {cell.cell_id} ({cell.method}) twice")
+                    written.add(cell)
+                    errors += row["status"] == "error"
+                append_rows(table, [row for _, row in block])
+                bar.update(len(block))
+    finally:
+        if table.exists():  # the typed copy, once per sweep, finished or interrupted (bench/table.py)
+            write_parquet(table)
     return SweepOutcome(table, measured=len(todo), already_done=len(cells) - len(todo), errors=errors,
                         remeasured=remeasured, kept_stale=len(stale) if keep_stale and not force else 0)
 

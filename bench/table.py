@@ -1,15 +1,25 @@
 """The results table: its schema (the one place it is defined), appending rows as cells finish, and loading
-with validation so a corrupt file is reported, never silently overwritten."""
+with validation so a corrupt file is reported, never silently overwritten.
+
+Each run folder holds ``table.csv`` (appended as cells finish: what a killed run keeps) and ``table.parquet``
+beside it (the same rows with their types, replaced whole when a sweep ends or is interrupted: rewriting it after
+every block would cost a parse of the whole table each time). The parquet records the sha256 of the CSV it was
+written from; readers prefer it while it matches, and otherwise (older folders, a sweep still running, a CSV
+edited after) read the CSV."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 # (column, type, meaning). docs/schema.md is generated from it (varbench schema); a test keeps the two equal.
 SCHEMA: list[tuple[str, str, str]] = [
@@ -93,13 +103,21 @@ def schema_markdown() -> str:
              "Generated from `bench/table.py` by `varbench schema`; do not edit by hand. One row per cell (see "
              "docs/statistics.md for what a cell is and how each statistic is computed). Floats are written with "
              "full precision (`repr`), so numbers round-trip exactly; `seed` and `base_seed` are integers in "
-             "[0, 2⁶³) read back as exact int64; booleans are `True`/`False`, empty where there is no verdict.", "",
+             "[0, 2⁶³) read back as exact int64; booleans are `True`/`False`, empty where there is no verdict. "
+             "`table.parquet` beside it holds the same rows with these types (string, float64, int64, bool; empty "
+             "is null); readers prefer it while it matches the CSV it was written from.", "",
              "| column | type | meaning |", "|---|---|---|"]  # fmt: skip
     lines += [f"| `{name}` | {kind} | {meaning.replace('|', chr(92) + '|')} |" for name, kind, meaning in SCHEMA]
     return "\n".join(lines) + "\n"
 _TYPES = {name: kind for name, kind, _ in SCHEMA}
 BOOL_COLUMNS = [name for name, kind, _ in SCHEMA if kind == "bool"]
 TABLE_NAME = "table.csv"
+PARQUET_NAME = "table.parquet"
+# The parquet file's column types, from the schema: every column nullable (an empty CSV field is a null).
+ARROW_TYPES = {"str": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
+ARROW_SCHEMA = pa.schema([(name, ARROW_TYPES[kind]) for name, kind, _ in SCHEMA])
+CSV_DIGEST_KEY = b"varbench.csv_sha256"  # parquet metadata: the CSV bytes the file was written from
+STR_COLUMNS = [name for name, kind, _ in SCHEMA if kind == "str"]
 
 
 class TableError(ValueError):
@@ -205,15 +223,129 @@ def _exact_seeds(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return pd.Series(values, index=frame.index, dtype="int64")
 
 
+def parquet_path(csv_path: Path) -> Path:
+    """The typed copy that is kept beside a CSV table: table.csv -> table.parquet."""
+    return Path(csv_path).with_suffix(".parquet")
+
+
 def load_table(path: Path) -> pd.DataFrame:
     """Read and validate a results table; raise TableError naming the file and the problem.
 
-    Never modifies the file: an empty or header-only file reads as a table without rows, and a partial last
-    row (a run killed mid-write, or one still writing) is left out with ``partial_row_warning``."""
+    ``path`` names the CSV; its parquet copy (``parquet_path``) is read instead while it was written from these
+    very CSV bytes, or when the CSV is gone. Never modifies a file: an empty or header-only CSV reads as a table
+    without rows, and a partial last row (a run killed mid-write, or one still writing) is left out with
+    ``partial_row_warning``."""
     path = Path(path)
+    typed = parquet_path(path)
+    if typed.is_file():
+        frame = _load_parquet_if_current(typed, path)
+        if frame is not None:
+            return frame
     if not path.exists():
         raise TableError(f"no results table at {path}")
-    data = path.read_bytes()
+    return _parse_csv(path, path.read_bytes())
+
+
+def table_exists(csv_path: Path) -> bool:
+    """Whether ``load_table(csv_path)`` has a file to read (the CSV or its parquet copy)."""
+    return Path(csv_path).is_file() or parquet_path(csv_path).is_file()
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).hexdigest().encode()
+
+
+def _load_parquet_if_current(typed: Path, csv_path: Path) -> pd.DataFrame | None:
+    """The parquet copy as ``load_table`` returns tables, or None when the CSV has changed since it was written
+    (or the copy cannot be read and the CSV can): then the CSV is the table."""
+    csv_exists = csv_path.is_file()
+    try:
+        written_from = (pq.read_schema(typed).metadata or {}).get(CSV_DIGEST_KEY)
+        if csv_exists and written_from != _digest(csv_path.read_bytes()):
+            return None
+        table = pq.read_table(typed)
+        if table.schema.names != COLUMNS:
+            raise pa.ArrowInvalid("its columns are not this version's schema (docs/schema.md)")
+        table = table.cast(ARROW_SCHEMA)
+    except (pa.ArrowException, OSError) as error:
+        if csv_exists:
+            return None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TableError(f"results table {typed} is corrupt ({first})") from None
+    return from_arrow(table)
+
+
+def from_arrow(table: pa.Table) -> pd.DataFrame:
+    """A table with ``ARROW_SCHEMA``'s columns as ``load_table`` returns tables."""
+    frame = table.select(COLUMNS).to_pandas()
+    for column in SEED_COLUMNS:  # exact int64, nullable where a seed is missing (never through float)
+        values = table.column(column)
+        frame[column] = (pd.array(values.to_pylist(), dtype="Int64") if values.null_count
+                         else pd.Series(values.to_numpy(), dtype="int64"))  # fmt: skip
+    return _normalized(frame)
+
+
+def to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` (as ``load_table`` returns it) with ``ARROW_SCHEMA``'s types, for parquet."""
+    arrays = []
+    for name, kind, _ in SCHEMA:
+        values = frame[name]
+        if kind in ("str", "bool"):
+            arrays.append(pa.array([None if pd.isna(v) else v for v in values], type=ARROW_TYPES[kind]))
+        else:
+            arrays.append(pa.array(values, type=ARROW_TYPES[kind], from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def write_parquet_atomically(table: pa.Table, target: Path) -> Path:
+    """Write ``table`` to ``target`` through a temporary file, fsynced, then ``os.replace``: a reader sees the
+    previous file or this one, never a part."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
+def _normalized(frame: pd.DataFrame) -> pd.DataFrame:
+    """The in-memory types both readers return: strings as str with NaN where empty (note and the code hashes
+    as ""), numbers as float64 or int64 (float64 where a value is missing), booleans as True/False/None."""
+    for column in STR_COLUMNS:
+        values = frame[column].astype(object)
+        frame[column] = values.where(values.notna(), np.nan)
+    for column in COLUMNS:
+        if _TYPES[column] in ("float", "int") and column not in SEED_COLUMNS and frame[column].dtype == object:
+            frame[column] = frame[column].astype("float64" if _TYPES[column] == "float" else "int64")  # no rows
+        if _TYPES[column] == "int" and column not in SEED_COLUMNS and frame[column].dtype == "float64":
+            values = frame[column]
+            if np.isfinite(values).all() and (values == values.round()).all():  # "3.0" in a CSV is still an int
+                frame[column] = values.astype("int64")
+    for column in BOOL_COLUMNS:
+        # True, False, or None where the table holds no verdict (never NaN, which is truthy).
+        flags = frame[column].astype(object)
+        frame[column] = flags.where(flags.notna(), None)
+    for column in ("note", "code_hash", "user_code_hash"):
+        frame[column] = frame[column].fillna("")
+    return frame.copy()  # one block per dtype again: column by column, pandas warns later callers of fragmentation
+
+
+def write_parquet(csv_path: Path) -> Path:
+    """Replace the parquet copy of the CSV table at ``csv_path`` with its current rows, atomically; every writer
+    of a table calls it when it has appended its rows."""
+    csv_path = Path(csv_path)
+    data = csv_path.read_bytes()
+    table = to_arrow(_parse_csv(csv_path, data))
+    table = table.replace_schema_metadata({CSV_DIGEST_KEY: _digest(data)})
+    return write_parquet_atomically(table, parquet_path(csv_path))
+
+
+def _parse_csv(path: Path, data: bytes) -> pd.DataFrame:
+    """``data`` (the bytes of the CSV at ``path``) validated and typed."""
     if _is_unstarted(data):
         data = HEADER.encode() + b"\n"
     first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
@@ -225,7 +357,7 @@ def load_table(path: Path) -> pd.DataFrame:
         data = data[: data.rfind(b"\n") + 1]
     try:
         frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""],
-                            dtype={"note": str, "code_hash": str, "user_code_hash": str, **dict.fromkeys(SEED_COLUMNS, str)})  # fmt: skip
+                            dtype={**dict.fromkeys(STR_COLUMNS, str), **dict.fromkeys(SEED_COLUMNS, str)})  # fmt: skip
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TableError(f"results table {path} is corrupt ({first})") from None
@@ -250,12 +382,8 @@ def load_table(path: Path) -> pd.DataFrame:
             f"{int(bad_status.idxmax()) + 2}; allowed: ok, skipped, error"
         )
     for column in BOOL_COLUMNS:
-        # True, False, or None where the table holds no verdict (never NaN, which is truthy).
-        flags = frame[column].astype(str).str.lower().map({"true": True, "false": False}).astype(object)
-        frame[column] = flags.where(flags.notna(), None)
-    for column in ("note", "code_hash", "user_code_hash"):
-        frame[column] = frame[column].fillna("")
-    return frame
+        frame[column] = frame[column].astype(str).str.lower().map({"true": True, "false": False})
+    return _normalized(frame)
 
 
 def latest_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -42,7 +42,7 @@ from scipy import stats
 
 from .. import environment, run_folder
 from ..statistics import FLOAT32_EPS, Z95, holm, rounding_resolution
-from ..table import TABLE_NAME, TableError, latest_rows, load_table
+from ..table import PARQUET_NAME, TABLE_NAME, TableError, latest_rows, load_table, table_exists
 
 ALPHA = 0.01  # family-wise false-alarm rate per metric across the whole grid (Holm)
 MIN_VARIANCE_RATIO = 1.2  # a variance change under 20% is not worth failing a build for
@@ -70,12 +70,12 @@ class BaselineError(ValueError):
 
 BASELINE_FILES = frozenset({TABLE_NAME, SPEED_JSON, META_JSON})
 # What `varbench regress` writes into its folder (besides the report's plots).
-REGRESS_FILES = (TABLE_NAME, SPEED_JSON, SPEED_COMPARE_TXT, REGRESSIONS_CSV, *run_folder.REPORT_FILES)
+REGRESS_FILES = (TABLE_NAME, PARQUET_NAME, SPEED_JSON, SPEED_COMPARE_TXT, REGRESSIONS_CSV, *run_folder.REPORT_FILES)
 
 
 def _is_old_baseline(folder: Path, entries: set[str]) -> bool:
     """A baseline folder recorded before markers existed (the committed one): exactly the baseline's files."""
-    return entries == BASELINE_FILES
+    return entries in (BASELINE_FILES, BASELINE_FILES | {PARQUET_NAME})
 
 
 def _is_old_regress_run(folder: Path, entries: set[str]) -> bool:
@@ -403,7 +403,7 @@ def _typical_cost(bench: dict, relative: bool) -> float:
 def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:
     """(table, speed JSON, metadata) of a recorded baseline; BaselineError naming what is wrong otherwise."""
     folder = Path(folder)
-    if not (folder / META_JSON).exists() or not (folder / TABLE_NAME).exists():
+    if not (folder / META_JSON).exists() or not table_exists(folder / TABLE_NAME):
         raise BaselineError(f"no baseline in {folder}/ ({META_JSON} and {TABLE_NAME} expected); {_remedy(folder)}")
     try:
         meta = json.loads((folder / META_JSON).read_text())
@@ -490,14 +490,56 @@ def run_regression(baseline_folder: Path, out: Path, *, base_seed: int | None = 
             same_machine = machine_fingerprint(speed) == machine_fingerprint(baseline_speed)
             verdicts.append(compare_speed(baseline_speed, speed))
             write_pytest_benchmark_compare(Path(baseline_folder) / SPEED_JSON, out / SPEED_JSON, out / SPEED_COMPARE_TXT)
-        frame = pd.concat([v for v in verdicts if len(v)], ignore_index=True)
-        frame = frame.sort_values("verdict", key=lambda s: s.map(VERDICTS.index), kind="stable").reset_index(drop=True)
+        frame = ordered_verdicts(verdicts)
         frame.to_csv(out / REGRESSIONS_CSV, index=False)
         outcome = RegressionOutcome(frame, same_machine)
         if render is not None:
             outcome = RegressionOutcome(frame, same_machine, render(out))
         claim.record()
     return outcome
+
+
+def ordered_verdicts(verdicts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The verdict tables as one, regressions first (the order of ``VERDICTS``)."""
+    frame = pd.concat([v for v in verdicts if len(v)] or [pd.DataFrame(columns=COLUMNS)], ignore_index=True)
+    return frame.sort_values("verdict", key=lambda s: s.map(VERDICTS.index), kind="stable").reset_index(drop=True)
+
+
+def load_run(folder: Path, flag: str) -> tuple[pd.DataFrame, dict]:
+    """(table, speed JSON or {}) of any run folder (run, regress, baseline); TableError naming ``flag`` and the
+    folder otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TableError(f"{flag} {folder} is not a folder (give a run folder written by varbench run, regress or "
+                         "baseline)")  # fmt: skip
+    try:
+        table = load_table(folder / TABLE_NAME)
+    except TableError as error:
+        raise TableError(f"{flag} {folder}: {error}") from None
+    if not (table["status"] == "ok").any():
+        raise TableError(f"{flag} {folder}: its results table has no ok cells to compare")
+    speed: dict = {}
+    if (folder / SPEED_JSON).is_file():
+        try:
+            speed = json.loads((folder / SPEED_JSON).read_text())
+            if not isinstance(speed, dict) or not isinstance(speed.get("benchmarks"), list):
+                raise ValueError("no 'benchmarks' list")
+        except ValueError as error:
+            raise TableError(f"{flag} {folder}: {folder / SPEED_JSON} is corrupt ({error})") from None
+    return table, speed
+
+
+def compare_runs(folder_a: Path, folder_b: Path) -> RegressionOutcome:
+    """The gate's verdicts of run B against run A (any two run folders): ``compare_tables``, and ``compare_speed``
+    when both have speed benchmarks (gated only on the same machine fingerprint)."""
+    table_a, speed_a = load_run(folder_a, "RUN_A")
+    table_b, speed_b = load_run(folder_b, "RUN_B")
+    verdicts = [compare_tables(table_a, table_b)]
+    same_machine = True  # nothing to say about machines without speed figures on both sides
+    if speed_a and speed_b:
+        same_machine = machine_fingerprint(speed_a) == machine_fingerprint(speed_b)
+        verdicts.append(compare_speed(speed_a, speed_b))
+    return RegressionOutcome(ordered_verdicts(verdicts), same_machine)
 
 
 def write_pytest_benchmark_compare(baseline_json: Path, new_json: Path, path: Path) -> None:
