@@ -151,6 +151,8 @@ def test_classic_estimators_do_not_apply_to_episodes_and_episodic_ones_only_to_e
     reason = compose("none", get_estimator("reward_to_go"), seed_problem, 10)
     assert isinstance(reason, str) and "episodic problem" in reason
     assert not isinstance(compose("none", get_estimator("grpo"), point, 10), str)
+    reason = compose("optimal_baseline", get_estimator("score_function_loo"), point, 10)
+    assert isinstance(reason, str) and "episodes" in reason
 
 
 def test_a_users_estimator_that_declares_it_applies_to_episodes_runs():

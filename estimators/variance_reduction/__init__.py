@@ -31,6 +31,9 @@ def compose(name: str, estimator: Estimator, problem: Problem, n_samples: int) -
     if problem.episodes is not None and not estimator.episodic:
         return (f"the samples of {problem.name} are episodes of an environment, not draws x ~ p_θ with a cost f(x), "
                 f"and {estimator.name} does not declare that it applies to episodic problems")  # fmt: skip
+    if problem.episodes is not None and name != "none":
+        return (f"{name} acts on draws x ~ p_θ and a cost f(x), and the samples of {problem.name} are episodes of an "
+                "environment")  # fmt: skip
     if problem.workload is not None and not estimator.vector_theta:
         return f"θ is a parameter vector here, and {estimator.name} needs a scalar θ"
     if name != "none":
