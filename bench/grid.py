@@ -428,8 +428,8 @@ CARTPOLE_ESTIMATORS = ("reinforce_return", "reward_to_go", "constant_baseline", 
 
 def _cartpole_sweeps(full: bool, devices: tuple[str, ...]) -> list[Sweep]:
     """CartPole's policy at its checkpoints, every estimator that applies to episodes, M = 200 estimates of N
-    episodes: N = 10 by default (a minute on 2 loaded cores, the reference included: a rollout's cost is mostly
-    gymnasium's per-step overhead, so each timed variant costs about the same at any N); ``full`` adds
+    episodes: N = 10 by default (24 cells, about 55 s of CPU time with the references; a small rollout's time is
+    mostly gymnasium's per-step overhead, so the cost measurement's minimum rounds dominate); ``full`` adds
     checkpoints, N = 5, 20 and 100, and GAE's λ from 0 to 1."""
     cartpole = make_problem("cartpole_policy").workload
     steps = tuple(map(float, cartpole.full_checkpoints if full else cartpole.checkpoints))
