@@ -95,11 +95,10 @@ def test_reference_gradient_matches_a_finite_difference_with_common_random_numbe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", [10, 30])
-def test_reference_gradient_matches_a_finite_difference_at_trained_checkpoints(step):
-    for which in ("gradient", "random"):
-        z, text = fd_z(step, which, seed=200 + step)
-        assert abs(z) <= CRITICAL, text
+def test_reference_gradient_matches_a_finite_difference_at_a_trained_checkpoint():
+    # Step 10 (the conformance check's point too, so its reference is computed once per test process).
+    z, text = fd_z(10, "gradient", seed=210)
+    assert abs(z) <= CRITICAL, text
 
 
 def test_the_finite_difference_check_can_fail():
@@ -115,10 +114,9 @@ def test_unbiased_episodic_estimators_are_not_flagged_at_initialisation(estimato
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", [10, 30])
 @pytest.mark.parametrize("estimator", episodic_estimators(unbiased=True))
-def test_unbiased_episodic_estimators_are_not_flagged_at_trained_checkpoints(estimator, step):
-    result = summary(estimator, step, 10, 200, seed=8)
+def test_unbiased_episodic_estimators_are_not_flagged_at_a_trained_checkpoint(estimator):
+    result = summary(estimator, 10, 10, 200, seed=8)
     assert not result.biased, f"{estimator}: worst coordinate z = {result.bias_z:.2f}, p = {result.bias_p_value:.2g}"
 
 
@@ -135,12 +133,12 @@ def test_rewards_to_go_and_baselines_have_far_less_variance_than_reinforce_at_in
     """At θ = 0, N = 20: each variance-reduced estimator's 95% interval for its mean per-coordinate variance lies
     wholly below plain REINFORCE's, and reward-to-go's and the value baseline's lie below a third of its lower end."""
     plain = summary("reinforce_return", 0, 20, 200, seed=11)
-    for name in ("reward_to_go", "constant_baseline", "value_baseline", "score_function_loo"):
-        reduced = summary(name, 0, 20, 200, seed=11)
-        assert reduced.var_ci_high < plain.var_ci_low, (name, reduced.var, plain.var)
+    reduced = {name: summary(name, 0, 20, 200, seed=11)
+               for name in ("reward_to_go", "constant_baseline", "value_baseline", "score_function_loo")}  # fmt: skip
+    for name, result in reduced.items():
+        assert result.var_ci_high < plain.var_ci_low, (name, result.var, plain.var)
     for name in ("reward_to_go", "value_baseline"):
-        reduced = summary(name, 0, 20, 200, seed=11)
-        assert reduced.var_ci_high < plain.var_ci_low / 3, (name, reduced.var, plain.var)
+        assert reduced[name].var_ci_high < plain.var_ci_low / 3, (name, reduced[name].var, plain.var)
 
 
 def test_classic_estimators_do_not_apply_to_episodes_and_episodic_ones_only_to_episodes():
