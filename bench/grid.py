@@ -419,6 +419,25 @@ def _workload_sweeps(full: bool = False, **common) -> list[Sweep]:
     if full:
         sweeps.append(Sweep("discrete_vae", thetas=vae_steps, estimators=RELAXATIONS, n_samples=(10,), devices=devices,
                             estimator_params={"temperature": (0.1, 0.5, 1.0)}))  # fmt: skip
+    return sweeps + _cartpole_sweeps(full, devices)
+
+
+CARTPOLE_ESTIMATORS = ("reinforce_return", "reward_to_go", "constant_baseline", "value_baseline", "gae",
+                       "score_function_loo", "grpo", "dr_grpo")  # fmt: skip
+
+
+def _cartpole_sweeps(full: bool, devices: tuple[str, ...]) -> list[Sweep]:
+    """CartPole's policy at its checkpoints, every estimator that applies to episodes, M = 200 estimates of N
+    episodes: N = 10 by default (24 cells, about 55 s of CPU time with the references; a small rollout's time is
+    mostly gymnasium's per-step overhead, so the cost measurement's minimum rounds dominate); ``full`` adds
+    checkpoints, N = 5, 20 and 100, and GAE's λ from 0 to 1."""
+    cartpole = make_problem("cartpole_policy").workload
+    steps = tuple(map(float, cartpole.full_checkpoints if full else cartpole.checkpoints))
+    sweeps = [Sweep("cartpole_policy", thetas=steps, estimators=CARTPOLE_ESTIMATORS,
+                    n_samples=(5, 10, 20, 100) if full else (10,), devices=devices, replicates=200)]  # fmt: skip
+    if full:
+        sweeps.append(Sweep("cartpole_policy", thetas=steps, estimators=("gae",), n_samples=(20,), devices=devices,
+                            replicates=200, estimator_params={"lambda": (0.0, 0.5, 0.9, 1.0)}))  # fmt: skip
     return sweeps
 
 

@@ -226,8 +226,9 @@ def measure_statistics(cell: Cell, base_seed: int) -> Measured:
     if infinite and row["grad_var"] > 0:  # constant estimates (naive when θ only moves p) have no variance to lose
         without_variance(row, infinite)
     work_depends = problem.work_depends_on_theta or point.work_depends_on_theta or estimator.work_depends_on_theta
-    return Measured(cell, row, draw, values_per_sample=_values_per_sample(point.example_distribution()),
-                    work_depends_on_theta=work_depends)  # fmt: skip
+    # An episode draws one action uniform per environment step, up to the horizon.
+    values = point.episodes.horizon if point.episodes is not None else _values_per_sample(point.example_distribution())
+    return Measured(cell, row, draw, values_per_sample=values, work_depends_on_theta=work_depends)
 
 
 def _scalar_statistics(cell: Cell, row: dict, problem, draw) -> bool:

@@ -40,7 +40,7 @@ SCHEMA: list[tuple[str, str, str]] = [
     ("n_samples", "int", "N: samples per estimate"),
     ("n_replicates", "int", "M: independent estimates drawn for this cell"),
     ("replicates_rule", "str", "how M was chosen: auto (pilot kurtosis, target 5% relative s.e. of the variance) or fixed"),
-    ("cost_evals_per_sample", "int", "cost-function evaluations per sample (measure_valued: 2 per Gaussian parameter θ enters, +1 if f depends on θ; arm, disarm: 2; rebar, relax: 3)"),
+    ("cost_evals_per_sample", "int", "cost-function evaluations per sample (measure_valued: 2 per Gaussian parameter θ enters, +1 if f depends on θ; arm, disarm: 2; rebar, relax: 3); on an episodic problem (`cartpole_policy`), episodes rolled out per sample (2 for a baseline fitted on N separate episodes), so `samples_per_second` × it is episodes per second"),
     ("grad_mean", "float", "mean of the M estimates (workloads, n_params > 1: the norm ‖mean‖₂ of the mean gradient vector)"),
     ("true_grad", "float", "exact dL/dθ from the problem's closed form, or the reference value when there is none (see true_grad_se); workloads: ‖exact gradient‖₂"),
     ("bias", "float", "grad_mean − true_grad (workloads: ‖mean − exact‖₂, the norm of the bias vector)"),

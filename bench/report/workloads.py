@@ -18,13 +18,20 @@ from . import plots, verdict
 from .verdict import fmt
 
 
-def ranking_table(rows: pd.DataFrame) -> list[str]:
+def episodes_per_second(row) -> float:
+    """Episodes an episodic workload's estimator rolls out per second of one thread's CPU time, those its baseline
+    is fitted on included: samples/s × episodes per sample (cost_evals_per_sample)."""
+    return row["samples_per_second"] * row["cost_evals_per_sample"]
+
+
+def ranking_table(rows: pd.DataFrame, episodic: bool = False) -> list[str]:
     decided = verdict.by_cost(rows)
     lines = [
         "| rank | estimator | mean per-coordinate variance [95% CI] | max coordinate variance | variance of ‖ĝ‖ "
         "| verdict: ‖mean − exact‖ / ‖exact‖, noise included (worst coordinate z) | cost per sample / RNG floor [95% CI] "
-        "| µs / estimate | work-normalised variance [95% CI] | × best = variance × cost [95% CIs] |",
-        "|---:|---|---|---:|---:|---|---|---:|---|---|",
+        "| µs / estimate | work-normalised variance [95% CI] | × best = variance × cost [95% CIs] |"
+        + (" episodes / s (one thread) |" if episodic else ""),
+        "|---:|---|---|---:|---:|---|---|---:|---|---|" + ("---:|" if episodic else ""),
     ]
     for row, rank, comparison in verdict.ranked(rows, decided):
         relative = row["bias"] / row["true_grad"] if row["true_grad"] else math.nan
@@ -38,6 +45,7 @@ def ranking_table(rows: pd.DataFrame) -> list[str]:
             f"| {fmt(row['seconds_per_estimate'] * 1e6, 3)} "
             f"| {fmt(row['work_normalized_var'], 3)} [{fmt(row['work_normalized_var_ci_low'], 3)}, "
             f"{fmt(row['work_normalized_var_ci_high'], 3)}] | {verdict.comparison_text(comparison)} |"
+            + (f" {fmt(episodes_per_second(row), 3)} |" if episodic else "")
         )
     return lines
 
@@ -78,12 +86,14 @@ def workload_biases(ok: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _described(problem: str) -> tuple[str, str]:
-    """(summary, ground truth) of a workload, from its registration; placeholders for one this version lacks."""
+def _described(problem: str) -> tuple[str, str, bool]:
+    """(summary, ground truth, whether its samples are episodes) of a workload, from its registration; placeholders
+    for one this version lacks."""
     try:
-        return PROBLEMS.get(problem).summary, make_problem(problem).workload.ground_truth
+        built = make_problem(problem)
+        return PROBLEMS.get(problem).summary, built.workload.ground_truth, built.episodes is not None
     except (ProblemError, AttributeError):
-        return f"{problem} (not known to this version of varbench)", "unknown"
+        return f"{problem} (not known to this version of varbench)", "unknown", False
 
 
 def workload_sections(ok: pd.DataFrame, skipped: pd.DataFrame, out_dir: Path) -> list[str]:
@@ -102,17 +112,23 @@ def workload_sections(ok: pd.DataFrame, skipped: pd.DataFrame, out_dir: Path) ->
         "",
     ]
     for (problem, device, dtype), group in rows_all.groupby(["problem", "device", "dtype"], sort=False):
-        summary, ground_truth = _described(problem)
+        summary, ground_truth, episodic = _described(problem)
         n_max = int(group["n_samples"].max())
         lines += [f"### {problem} — {device}, {dtype}", "", summary + ".", "",
                   f"Ground truth: {ground_truth}.", ""]  # fmt: skip
+        if episodic:
+            lines += ["Its samples are episodes: N is episodes per estimate, a cost evaluation is one episode rolled "
+                      "out (a baseline fitted on N separate episodes costs 2 per sample), and throughput is episodes "
+                      "per second of one thread's CPU time, those episodes included.", ""]  # fmt: skip
         checkpoints = group.groupby("theta").first().reset_index()
-        lines += ["| training step | objective (ELBO) | ‖exact gradient‖ | ground-truth error (‖·‖) |", "|---:|---:|---:|---:|"]
+        objective = "expected return" if episodic else "ELBO"
+        lines += [f"| training step | objective ({objective}) | ‖exact gradient‖ | ground-truth error (‖·‖) |",
+                  "|---:|---:|---:|---:|"]  # fmt: skip
         lines += [f"| {r.theta:g} | {fmt(r.objective, 6)} | {fmt(r.true_grad)} | {fmt(r.true_grad_se, 2)} |"
                   for r in checkpoints.itertuples()]  # fmt: skip
         lines += ["", f"Best by work-normalised variance at N = {n_max}: {_best_by_checkpoint(group, n_max)}.", ""]
         for step, rows in group[group["n_samples"] == n_max].groupby("theta"):
-            lines += [f"**step {step:g}, N = {n_max}**", ""] + ranking_table(rows) + [""]
+            lines += [f"**step {step:g}, N = {n_max}**", ""] + ranking_table(rows, episodic) + [""]
         slug = f"workload_{problem}_{device}_{dtype}".replace(":", "_")
         figure = plots.variance_along_training(group, problem, out_dir / f"{slug}_variance_along_training.png")
         lines += [f"![]({figure.name})", ""]

@@ -97,6 +97,9 @@ class Estimator:
     # Whether the surrogate handles a θ of any shape (a workload's parameters); False for one that needs θ to be
     # a scalar (a finite difference in θ, a peer library's model of one site).
     vector_theta: bool = True
+    # Whether the surrogate handles an episodic problem (``problem.episodes``: the samples are episodes of an
+    # environment, the reward their return; estimators.core.episodes); a sample-and-cost estimator does not.
+    episodic: bool = False
 
     def resolve_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults overridden by ``options``; raises EstimatorError on an unknown name, a non-finite value or one
@@ -124,6 +127,7 @@ def custom_estimator(
     work_depends_on_theta: bool = False,
     vector_theta: bool = True,
     parallel_safe: bool = False,
+    episodic: bool = False,
     summary: str = "",
 ) -> Estimator:
     """An ``Estimator`` from a user's surrogate (the shipped estimators' signature, see this module's docstring).
@@ -134,7 +138,8 @@ def custom_estimator(
     fields of the same meaning: ``coupled_samples`` admits antithetic and QMC sampling (every sample drawn through
     ``problem.distribution(θ)``, each term depending on its own sample only); ``samples_independent`` lets a huge
     N be split across calls; ``work_depends_on_theta`` times each θ on its own; ``vector_theta`` runs it on
-    workloads; ``parallel_safe`` lets calls run concurrently. Put it in a module and name it
+    workloads; ``parallel_safe`` lets calls run concurrently; ``episodic`` runs it on episodic problems
+    (``problem.episodes``, e.g. cartpole_policy: docs/extending.md). Put it in a module and name it
     ``--estimator module:attribute``; ``varbench check module:attribute`` checks it against the shipped problems."""
     if not name or not isinstance(name, str):
         raise EstimatorError(f"an estimator needs a name, got {name!r}")
@@ -167,6 +172,7 @@ def custom_estimator(
         parallel_safe=bool(parallel_safe),
         work_depends_on_theta=bool(work_depends_on_theta),
         vector_theta=bool(vector_theta),
+        episodic=bool(episodic),
     )
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
 from .registry import call_if_factory
+
+if TYPE_CHECKING:
+    from .episodes import EpisodicEnvironment
 
 
 class ProblemError(ValueError):
@@ -68,6 +71,10 @@ class Problem:
     # The control variate of the delta method for this problem, (θ, dist) -> (h(x), E_θ[h]); None: the generic
     # second-order Taylor expansion of f, where f is a function of one scalar Gaussian sample.
     control_variate: Callable[[Tensor, Distribution], tuple[Callable[[Tensor], Tensor], Tensor]] | None = None
+    # An episodic problem (estimators.core.episodes): its samples are episodes of an environment under the policy
+    # π_θ, rolled out by ``episodes.rollout(θ, N)``, and the reward is their return; ``cost`` is not defined and
+    # ``distribution`` is only the policy at one state. Only estimators declaring ``episodic`` apply. None: x ~ p_θ.
+    episodes: "EpisodicEnvironment | None" = None
 
     @property
     def label(self) -> str:

@@ -2,7 +2,8 @@
 
 Tags: ``core`` (naive, score function, RLOO, pathwise, measure-valued), ``discrete`` (ARM, DisARM, the
 relaxations, REBAR, RELAX, and since 2020 ReinMax, Gumbel-Rao, IndeCateR, double control variates), ``policy``
-(the group baselines GRPO and Dr. GRPO), ``reference`` (the finite difference), ``peer`` (Pyro's and
+(the group baselines GRPO and Dr. GRPO), ``episodic`` (policy gradients on episodes of an environment: REINFORCE,
+reward-to-go, constant and value baselines, GAE), ``reference`` (the finite difference), ``peer`` (Pyro's and
 Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
 A user's estimator is ``module:attribute`` or an installed plug-in (entry-point group ``varbench.estimators``),
 and goes through the same registry.
@@ -15,6 +16,7 @@ from ..core.registry import Registry
 from .basic import BASIC
 from .discrete import DISCRETE
 from .double_cv import DOUBLE_CV
+from .episodic import EPISODIC
 from .group_baselines import GROUP_BASELINES
 from .gumbel_rao import GUMBEL_RAO
 from .indecater import INDECATER
@@ -26,7 +28,7 @@ ESTIMATORS: Registry[Estimator] = Registry("estimator", EstimatorError, entry_po
                                            adopt=adopt_estimator)  # fmt: skip
 
 for _tag, _estimators in (("core", BASIC), ("discrete", (*DISCRETE, *REINMAX, *GUMBEL_RAO, INDECATER, DOUBLE_CV)),
-                          ("policy", GROUP_BASELINES), ("reference", tuple(REFERENCE_ESTIMATORS.values())),
+                          ("policy", GROUP_BASELINES), ("episodic", EPISODIC), ("reference", tuple(REFERENCE_ESTIMATORS.values())),
                           ("peer", tuple(PEER_ESTIMATORS.values()))):  # fmt: skip
     for _estimator in _estimators:
         ESTIMATORS.register(_estimator.name, _estimator, _tag)

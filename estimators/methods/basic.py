@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.distributions import Chi2, Exponential, Independent, Uniform
 
 from ..core.distributions import coordinates_moved_by_theta, diagonal_gaussian, draw_detached, weighted_score_sum
+from ..core.episodes import episode_surrogate
 from ..core.estimator import Estimator
 from ..core.problem import Problem
 
@@ -36,7 +37,12 @@ def leave_one_out_baseline(f: Tensor) -> Tensor:
 
 
 def score_function_loo(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
-    """ĝ = (f_θ(x_n) − b_n) ∂_θ log p_θ(x_n) + ∂_θ f_θ(x_n), b_n the leave-one-out mean (RLOO)."""
+    """ĝ = (f_θ(x_n) − b_n) ∂_θ log p_θ(x_n) + ∂_θ f_θ(x_n), b_n the leave-one-out mean (RLOO); on an episodic
+    problem, x_n is an episode, f its return and log p its actions' log π."""
+    if problem.episodes is not None:
+        episodes = problem.episodes.rollout(theta, n_samples)
+        returns = episodes.returns()
+        return episode_surrogate(episodes, theta, returns - leave_one_out_baseline(returns))
     dist = problem.distribution(theta)
     x = draw_detached(dist, n_samples)
     f = problem.cost(x, theta)
@@ -197,6 +203,7 @@ BASIC: tuple[Estimator, ...] = (
         samples_independent=False,
         coupled_samples_reason="its leave-one-out baseline would contain samples coupled to x_n, which biases it",
         parallel_safe=True,
+        episodic=True,  # the N episodes of an estimate, their returns as f
     ),
     Estimator(
         "pathwise",

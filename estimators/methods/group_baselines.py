@@ -8,7 +8,8 @@ docs/math.md; exact moments on categorical_policy: estimators/exact/policy.py.
 - ``dr_grpo`` (Liu et al. 2025): A_i = r_i − mean r, no division; its mean is exactly (G − 1)/G · dL/dθ.
 
 The estimate is (1/G) Σ_i A_i ∂_θ log p_θ(x_i), the reward f_θ(x_i) standing for r_i, plus (1/G) Σ_i ∂_θ f_θ(x_i)
-where the reward depends on θ (as RLOO adds it).
+where the reward depends on θ (as RLOO adds it). On an episodic problem the group is the N episodes, r_i the
+return of episode i and ∂_θ log p_θ(x_i) the sum of its actions' scores.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..core.distributions import draw_detached, weighted_score_sum
+from ..core.episodes import episode_surrogate
 from ..core.estimator import Estimator
 from ..core.problem import Problem
 
@@ -37,6 +39,9 @@ def normalised_advantages(r: Tensor, epsilon: float = GRPO_EPSILON) -> Tensor:
 
 
 def _group_surrogate(problem: Problem, theta: Tensor, n_samples: int, advantage) -> Tensor:
+    if problem.episodes is not None:  # the group is the N episodes, each one's reward its return
+        episodes = problem.episodes.rollout(theta, n_samples)
+        return episode_surrogate(episodes, theta, advantage(episodes.returns()))
     dist = problem.distribution(theta)
     x = draw_detached(dist, n_samples)
     f = problem.cost(x, theta)
@@ -70,8 +75,8 @@ _COUPLED = "its group baseline would contain samples coupled to x_i"
 GROUP_BASELINES: tuple[Estimator, ...] = (
     Estimator("grpo", grpo, "(r − group mean)/(group std + 1e-4) ∂log p, 0 for equal rewards (GRPO, Shao et al. 2024); biased, N >= 2",
               skip_reason=group_skip_reason, unbiased_for=_biased, samples_independent=False,
-              coupled_samples_reason=_COUPLED, parallel_safe=True),
+              coupled_samples_reason=_COUPLED, parallel_safe=True, episodic=True),
     Estimator("dr_grpo", dr_grpo, "(r − group mean) ∂log p (Dr. GRPO, Liu et al. 2025); mean (G − 1)/G of the gradient, N >= 2",
               skip_reason=group_skip_reason, unbiased_for=_biased, samples_independent=False,
-              coupled_samples_reason=_COUPLED, parallel_safe=True),
+              coupled_samples_reason=_COUPLED, parallel_safe=True, episodic=True),
 )  # fmt: skip

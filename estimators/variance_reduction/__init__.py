@@ -28,6 +28,12 @@ def get_variance_reduction(name: str) -> VarianceReduction:
 def compose(name: str, estimator: Estimator, problem: Problem, n_samples: int) -> Union[Surrogate, str]:
     """The surrogate of ``estimator`` under scheme ``name`` on (problem, N), or why that combination does not apply."""
     scheme = get_variance_reduction(name)
+    if problem.episodes is not None and not estimator.episodic:
+        return (f"the samples of {problem.name} are episodes of an environment, not draws x ~ p_θ with a cost f(x), "
+                f"and {estimator.name} does not declare that it applies to episodic problems")  # fmt: skip
+    if problem.episodes is not None and name != "none":
+        return (f"{name} acts on draws x ~ p_θ and a cost f(x), and the samples of {problem.name} are episodes of an "
+                "environment")  # fmt: skip
     if problem.workload is not None and not estimator.vector_theta:
         return f"θ is a parameter vector here, and {estimator.name} needs a scalar θ"
     if name != "none":

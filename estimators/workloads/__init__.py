@@ -10,13 +10,18 @@ Ground truth is per workload (``Workload.ground_truth``): quadrature of one-dime
 ``bayes_logreg``, enumeration of every latent configuration for ``discrete_vae``; each comes with its own error
 bound, which the bias test adds to the estimate's standard error. Both register in ``estimators.problems.PROBLEMS``
 with the tag ``workload``.
+
+``cartpole_policy`` is episodic: its samples are episodes of an environment (``Problem.episodes``), so only the
+estimators that declare they apply to episodic problems run on it; its ground truth is a high-precision reference
+estimate with its standard error.
 """
 
 from __future__ import annotations
 
 from .bayes_logreg import FAMILY as BAYES_LOGREG_FAMILY
+from .cartpole import FAMILY as CARTPOLE_FAMILY
 from .discrete_vae import FAMILY as DISCRETE_VAE_FAMILY
 
-FAMILIES = (BAYES_LOGREG_FAMILY, DISCRETE_VAE_FAMILY)
+FAMILIES = (BAYES_LOGREG_FAMILY, DISCRETE_VAE_FAMILY, CARTPOLE_FAMILY)
 
 __all__ = ["FAMILIES"]

@@ -41,7 +41,7 @@ class TrainingRun:
 
 def checkpoint_problem(name: str, summary: str, wrt: str, distribution, cost, *, cost_is_differentiable: bool,
                        workload: Workload, step: int, gradient_formula: str,
-                       params: Mapping[str, float] | None = None, control_variate=None) -> Problem:  # fmt: skip
+                       params: Mapping[str, float] | None = None, control_variate=None, episodes=None) -> Problem:  # fmt: skip
     """The ``Problem`` the estimators see at one checkpoint of a workload: ``distribution(θ)`` and ``cost(x, θ)``
     take θ = workload.to_theta(φ) (any shape), and its example θ is the checkpoint's own."""
     return Problem(
@@ -61,6 +61,7 @@ def checkpoint_problem(name: str, summary: str, wrt: str, distribution, cost, *,
         workload=workload,
         example_theta=lambda: workload.to_theta(workload.parameters(step)[None]),
         control_variate=control_variate,
+        episodes=episodes,
     )
 
 
