@@ -14,7 +14,7 @@ from estimators import ESTIMATORS, estimate, make_problem
 from estimators.core.estimator import Method
 from estimators.exact import Exact, exact_moments
 from estimators.exact.arms import score_sum_moments
-from estimators.methods.arms import copula_diagonal, flat_dirichlet
+from estimators.methods.arms import arms_coefficient, copula_diagonal, flat_dirichlet
 from tests.helpers import bonferroni_z
 
 MULTI = {"t1": 0.1, "t2": 0.3, "t3": 0.6, "t4": 0.95}
@@ -91,3 +91,12 @@ def test_arms_declares_where_it_does_not_apply():
     assert "N >= 2" in arms.skip_reason(make_problem("bernoulli_toy"), 1)
     assert arms.skip_reason(make_problem("bernoulli_multi"), 2) is None
     assert not arms.samples_independent and arms.coupled_samples_reason
+
+
+@pytest.mark.parametrize("n", [2, 3, 16, 200])
+def test_the_coefficient_is_finite_and_float32_matches_float64_at_saturated_logits(n):
+    # π = σ(−|α|) underflows in float32 beyond |α| ≈ 104; a 0/0 there would make every such estimate NaN.
+    alpha = torch.tensor([-200.0, -90.0, -20.0, -1.0, 0.0, 1.0, 20.0, 90.0, 200.0], dtype=torch.float64)
+    single, double = arms_coefficient(alpha.float(), n), arms_coefficient(alpha, n)
+    assert torch.isfinite(single).all()
+    assert torch.allclose(single.double(), double, rtol=1e-6)

@@ -35,14 +35,19 @@ def flat_dirichlet(n_samples: int, like: Tensor) -> Tensor:
 
 def copula_diagonal(log_pi: Tensor, n_samples: int) -> Tensor:
     """C(π, π) = P(u_i < π, u_j < π) = (2π^{1/(N−1)} − 1)_+^{N−1} of the N-dimensional Dirichlet copula."""
-    return (2 * torch.exp(log_pi / (n_samples - 1)) - 1).clamp(min=0) ** (n_samples - 1)
+    # 2π^{1/(N−1)} − 1 = 1 + 2 expm1(log π/(N−1)), raised to N − 1 through log1p: no rounding amplified N − 1 times.
+    shortfall = (2 * torch.expm1(log_pi / (n_samples - 1))).clamp(min=-1)  # −1: the base is <= 0, so C = 0
+    return torch.exp((n_samples - 1) * torch.log1p(shortfall))
 
 
 def arms_coefficient(alpha: Tensor, n_samples: int) -> Tensor:
     """σ(α)σ(−α) / ((N − 1)(π − C(π, π))), π = σ(−|α|): the factor that makes the copula's LOO sum unbiased."""
     log_pi = logsigmoid(-alpha.abs())
     pi = log_pi.exp()
-    return pi * (1 - pi) / ((n_samples - 1) * (pi - copula_diagonal(log_pi, n_samples)))
+    diagonal = copula_diagonal(log_pi, n_samples)
+    # Written as (1 − π)/((N − 1)(1 − C/π)) so that a π that underflows (C = 0 there) gives no 0/0.
+    ratio = torch.where(diagonal > 0, diagonal / pi, torch.zeros_like(pi))
+    return (1 - pi) / ((n_samples - 1) * (1 - ratio))
 
 
 def arms(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
@@ -59,7 +64,9 @@ def arms(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
     f = _cost(problem, latent, b, theta)  # [N, *batch]
     centred = (f - f.mean(dim=0)).unsqueeze(-1)
     # Per sample N·coefficient·(f_i − f̄)(b_i − p): their mean over the N samples is ĝ, as the surrogate requires.
-    terms = n_samples * arms_coefficient(a, n_samples) * centred * (b - torch.sigmoid(a))
+    # b − σ(α) as b σ(−α) − (1 − b) σ(α): float32 does not cancel it to 0 where σ(α) rounds to 1.
+    score = b * torch.sigmoid(-a) - (1 - b) * torch.sigmoid(a)
+    terms = n_samples * arms_coefficient(a, n_samples) * centred * score
     return (terms.detach() * alpha).sum(dim=-1)
 
 
