@@ -14,10 +14,11 @@ E[α ḡ_−nᵀ(x_n − μ) ∂_θ log q(x_n)] = α E[∇f]ᵀ ∂_θ μ. The b
 
 α = −1 subtracts the Taylor term itself (exact for f affine in x), but slopes at {0, 1} can be far from f's secant
 (f = (b − t)²: ±2(b − t) against 1 − 2t), and then α = −1 is worse than RLOO (α = 0). The paper learns α by
-stochastic gradient on the estimate's second moment, from α = 0. ĝ is affine in α, ĝ = ĝ_RLOO + α Z, so that
-objective is a quadratic whose minimiser is α̂ = −Σ ĝ_RLOO·Z / Σ Z²: we take it over ``pilot`` estimates at the
-cell's θ (what the paper's training converges to), drawn once on a forked, seeded stream and cached, so a cell's
-timing excludes the fit and its random stream is untouched; pilot = 0 keeps α = 0 (RLOO).
+stochastic gradient on the estimate's second moment, from α = 0. ĝ is affine in α, ĝ = ĝ_RLOO + α Z, and its mean
+does not depend on α, so that objective is the variance plus a constant, minimised at α* = −Cov(ĝ_RLOO, Z)/Var Z: we
+take the sample version over ``pilot`` latents' estimates at the cell's θ (what the paper's training converges to),
+drawn once on a forked, seeded stream and cached, so a cell's timing excludes the fit and its random stream is
+untouched; pilot = 0 keeps α = 0 (RLOO).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ _ALPHA_CACHE_SIZE = 256
 
 
 def fitted_alpha(problem: Problem, point: Tensor, n_samples: int, pilot: int) -> float:
-    """α̂ = −Σ ĝ_RLOO·Z / Σ Z² over estimates of N samples at θ = ``point`` (every coordinate of a workload's θ
+    """α̂ = −Cov(ĝ_RLOO, Z) / Var Z over estimates of N samples at θ = ``point`` (every coordinate of a workload's θ
     summed, as the paper's mean squared gradient does), seeded from the cell's identity and cached. ``pilot`` counts
     latents: that many estimates of a scalar θ, or enough copies of a workload's θ for its data points to hold as
     many (the discrete VAE's estimate has 100), as RELAX's training batch does."""
@@ -88,6 +89,8 @@ def fitted_alpha(problem: Problem, point: Tensor, n_samples: int, pilot: int) ->
             rloo, taylor = double_cv_parts(problem, thetas, n_samples)
             (g_rloo,) = torch.autograd.grad(rloo.sum(), thetas, retain_graph=True)
             (g_taylor,) = torch.autograd.grad(taylor.sum(), thetas)
+        # Centred over the pilot: the mean (the gradient, whatever α) would only add noise to the fitted slope.
+        g_rloo, g_taylor = g_rloo - g_rloo.mean(dim=0), g_taylor - g_taylor.mean(dim=0)
         denominator = float((g_taylor**2).sum())
         _ALPHA_CACHE[key] = 0.0 if denominator == 0 else -float((g_rloo * g_taylor).sum()) / denominator
     return _ALPHA_CACHE[key]
