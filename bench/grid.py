@@ -247,7 +247,7 @@ def _gaussian_sweeps(**common) -> list[Sweep]:
 RELAXATIONS = ("gumbel_softmax", "straight_through")
 # Discrete estimators since 2020, measured beside the classic ones on the discrete problems and the discrete VAE
 # (not in the ci grid, so the committed baseline stays valid).
-RECENT_DISCRETE = ("reinmax", "gumbel_rao", "indecater", "double_cv")
+RECENT_DISCRETE = ("reinmax", "gumbel_rao", "indecater", "double_cv", "arms")
 
 
 def _discrete_sweeps(full: bool = False, **common) -> list[Sweep]:

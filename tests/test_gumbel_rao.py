@@ -1,4 +1,5 @@
-"""Gumbel-Rao against straight-through's exact moments, and its conditional noise against the unconditional noise.
+"""Gumbel-Rao against straight-through's exact moments and its own (estimators/exact/gumbel_rao.py), and its
+conditional noise against the unconditional noise.
 
 Rao-Blackwellisation keeps straight-through's mean for every K and cannot raise its variance; at K = 1 the pair
 (D, G | D) is distributed as (argmax, G), so the estimator is straight-through in distribution. Seeded tests with
@@ -32,7 +33,8 @@ CASES = [
     ("categorical_toy", {"logit1": -1.0, "logit2": 0.5, "logit3": 2.0}, 0.7),
 ]
 SAMPLES = (1, 2, 10)
-N_TESTS = 2 * len(CASES) * len(SAMPLES) + 8  # mean and variance per (case, K), plus the sampler's KS tests
+# Mean and variance per (case, K), the variance against Gumbel-Rao's own exact value, plus the sampler's KS tests.
+N_TESTS = 3 * len(CASES) * len(SAMPLES) + 8
 FAMILY_ALPHA = 0.01
 Z_CRIT = bonferroni_z(N_TESTS, FAMILY_ALPHA)
 CONFIDENCE = 1 - FAMILY_ALPHA / N_TESTS  # two-sided variance intervals at the same corrected level
@@ -85,6 +87,21 @@ def test_variance_is_below_straight_through_and_falls_with_samples(name, params,
     two, ten = (variance_interval(draw(name, params, theta, k), CONFIDENCE) for k in (2, 10))
     assert two[1] < exact.var, f"K=2 variance interval {two} not below straight-through's {exact.var:.6g}"
     assert ten[1] < two[0], f"K=10 variance interval {ten} not below K=2's {two}"
+
+
+@pytest.mark.parametrize("samples", SAMPLES)
+@pytest.mark.parametrize("name, params, theta", CASES, ids=CASE_IDS)
+def test_variance_matches_its_exact_value(name, params, theta, samples):
+    problem = make_problem(name, params=params)
+    method = Method("gumbel_rao", (("samples", float(samples)), ("temperature", TEMPERATURE)))
+    exact, straight = exact_moments(problem, method, theta, 1), straight_through_exact(name, params, theta)
+    # The tower rule, on two different rules: the categorical's (K − 1)-dimensional products agree to ~1e-6.
+    assert exact.mean == pytest.approx(straight.mean, rel=1e-5)
+    assert exact.var <= straight.var * (1 + 1e-5)
+    if samples == 1:
+        assert exact.var == pytest.approx(straight.var, rel=1e-5)
+    low, high = variance_interval(draw(name, params, theta, samples), CONFIDENCE)
+    assert low <= exact.var <= high, f"K={samples}: exact {exact.var:.6g} outside the interval [{low:.6g}, {high:.6g}]"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from ..core.estimator import Method
 from ..core.problem import Problem, ProblemError
 from ..methods import ESTIMATORS
 from ..variance_reduction import compose
-from . import diagonal, discrete, gaussian, implicit, indecater, policy, reinmax, seed  # noqa: F401 - they register their exact functions
+from . import arms, diagonal, discrete, gaussian, gumbel_rao, implicit, indecater, policy, reinmax, seed  # noqa: F401 - they register their exact functions
 from .registry import Exact, exact_function, register_exact, registered_pairs
 
 

@@ -2,10 +2,13 @@
 
 IndeCateR's per-sample term is a deterministic function of the sample b, g(b) = Σ_d (f(b, b_d = 1) − f(b, b_d = 0))
 ∂_θ σ(α_d) (Bernoulli) or the constant Σ_k f(e_k) ∂_θ π_k (one categorical choice): a finite sum over outcomes,
-variance / N. double_cv is RLOO on r(b) = f(b) − ∇f(μ)ᵀb plus the constant ∇f(μ)ᵀ ∂_θ μ: RLOO's U-statistic.
+variance / N. double_cv's leave-one-out slopes make it a U-statistic of degree 3 (2 at N = 2), whose kernel is
+enumerated over triples of outcomes (Hoeffding's variance formula, quadrature.u_statistic_moments).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
@@ -14,7 +17,7 @@ from ..core.estimator import Method
 from ..core.problem import Problem
 from .discrete import BERNOULLI_FAMILIES, DISCRETE_FAMILIES, Latent, _sigmoid, cost_of, latent, outcomes
 from .gaussian import scheme_reason
-from .quadrature import leave_one_out_zetas, mean_and_variance, u_statistic_variance
+from .quadrature import mean_and_variance, u_statistic_moments
 from .registry import Exact, register_exact
 
 
@@ -35,12 +38,39 @@ def indecater_terms(problem: Problem, theta: float, where: Latent) -> tuple[np.n
     return prob, g
 
 
-def mean_slope(problem: Problem, theta: float, where: Latent) -> np.ndarray:
-    """∇_x f at x = μ = σ(α), [D]."""
-    mu = torch.as_tensor(_sigmoid(where.logits), dtype=torch.float64).requires_grad_(True)
-    x = mu[:1] if where.scalar else mu[None, :]
-    (slope,) = torch.autograd.grad(problem.cost(x, torch.full((1,), float(theta), dtype=torch.float64)).sum(), mu)
+def outcome_slopes(problem: Problem, theta: float, where: Latent, b: np.ndarray) -> np.ndarray:
+    """∇_x f at each outcome b (rows of [n, D]), as autograd sees the cost at the discrete samples."""
+    x = torch.as_tensor(b, dtype=torch.float64).requires_grad_(True)
+    inputs = x[:, :1] if where.scalar else x[:, None, :]
+    (slope,) = torch.autograd.grad(problem.cost(inputs, torch.full((1,), float(theta), dtype=torch.float64)).sum(), x)
     return slope.numpy()
+
+
+def double_cv_kernel(problem: Problem, theta: float, where: Latent, alpha: float, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(outcome probabilities, the symmetric kernel of degree min(N, 3)) of double_cv as a U-statistic.
+
+    Over ordered distinct indices, ĝ = mean_a φ1(a) + mean_{a≠b} φ2(a, b) + mean_{a,b,c distinct} φ3(a, b, c) with
+    s the score, c = x − μ, g = ∇f(x), v = ∂_θ μ: φ1(a) = f_a s_a − α g_aᵀv, φ2(a, b) = α g_bᵀc_a s_a − f_b s_a −
+    α/(N − 1) g_aᵀc_b s_a (the other sample b in a's slope, in a's baseline, and a's slope in b's baseline term), and
+    φ3(a, b, c) = −α (N − 2)/(N − 1) g_cᵀc_b s_a (a third sample's slope in b's baseline term)."""
+    b, prob, score = outcomes(where)
+    n = n_samples
+    f = cost_of(problem, theta, where, b)
+    g = outcome_slopes(problem, theta, where, b)
+    mu = _sigmoid(where.logits)
+    centred = b - mu
+    d_mean = mu * (1.0 - mu) * where.d_logits
+    phi1 = f * score - alpha * (g @ d_mean)
+    slope_at = g @ centred.T  # [slope's outcome, centred's outcome]: g_iᵀ c_j
+    phi2 = (alpha * slope_at.T - f[None, :] - alpha / (n - 1) * slope_at) * score[:, None]  # [a, b]
+    pair = 0.5 * (phi2 + phi2.T)
+    if n == 2:
+        return prob, 0.5 * (phi1[:, None] + phi1[None, :]) + pair
+    phi3 = -alpha * (n - 2) / (n - 1) * score[:, None, None] * slope_at.T[None, :, :]  # [a, b, c]: g_cᵀc_b s_a
+    triple = sum(np.transpose(phi3, order) for order in itertools.permutations(range(3))) / 6.0
+    pairs = (pair[:, :, None] + pair[:, None, :] + pair[None, :, :]) / 3.0
+    singles = (phi1[:, None, None] + phi1[None, :, None] + phi1[None, None, :]) / 3.0
+    return prob, singles + pairs + triple
 
 
 @register_exact("indecater", *DISCRETE_FAMILIES)
@@ -52,16 +82,26 @@ def indecater_exact(problem: Problem, method: Method, theta: float, n_samples: i
     return Exact(mean, var / n_samples)
 
 
+def double_cv_moments(problem: Problem, theta: float, alpha: float, n_samples: int) -> tuple[float, float]:
+    """Exact (mean, variance) of double_cv's estimate at a fixed weight α."""
+    prob, kernel = double_cv_kernel(problem, float(theta), latent(problem, float(theta)), alpha, n_samples)
+    return u_statistic_moments(prob, kernel, n_samples)
+
+
+def optimal_alpha(problem: Problem, theta: float, n_samples: int) -> float:
+    """The α minimising the estimate's variance (so its second moment, the mean being the gradient for every α): ĝ is
+    affine in α, its variance the quadratic through α = −1, 0, 1. The limit of the estimator's pilot fit."""
+    below, at_zero, above = (double_cv_moments(problem, theta, a, n_samples)[1] for a in (-1.0, 0.0, 1.0))
+    curvature, slope = 0.5 * (above + below) - at_zero, 0.5 * (above - below)
+    return -slope / (2.0 * curvature) if curvature > 0 else 0.0
+
+
 @register_exact("double_cv", *BERNOULLI_FAMILIES)
 def double_cv_exact(problem: Problem, method: Method, theta: float, n_samples: int) -> Exact | str:
+    """At the variance-optimal α* (pilot > 0; the fitted α̂ adds about 1/pilot of relative variance) or at α = 0."""
     reason = scheme_reason(method.scheme, ("none",))
     if reason:
         return reason
-    where = latent(problem, float(theta))
-    b, prob, score = outcomes(where)
-    slope = mean_slope(problem, float(theta), where)
-    residual = cost_of(problem, float(theta), where, b) - b @ slope
-    p = _sigmoid(where.logits)
-    control_mean = float(slope @ (p * (1.0 - p) * where.d_logits))
-    mean, zeta1, zeta2 = leave_one_out_zetas(prob, residual, score, np.zeros_like(residual))
-    return Exact(mean + control_mean, u_statistic_variance(zeta1, zeta2, n_samples))
+    pilot = float(dict(method.params).get("pilot", 1000))
+    alpha = optimal_alpha(problem, float(theta), n_samples) if pilot > 0 else 0.0
+    return Exact(*double_cv_moments(problem, float(theta), alpha, n_samples))

@@ -79,3 +79,26 @@ def u_statistic_variance(zeta1: float, zeta2: float, n_samples: int) -> float:
     """Var of a degree-2 U-statistic of N samples: [2(N − 2) ζ1 + ζ2] / C(N, 2)."""
     n = n_samples
     return 4.0 * (n - 2) / (n * (n - 1)) * zeta1 + 2.0 / (n * (n - 1)) * zeta2
+
+
+def u_statistic_moments(weights: np.ndarray, kernel: np.ndarray, n_samples: int) -> tuple[float, float]:
+    """Mean and variance of a U-statistic of degree m = kernel.ndim over N >= m independent samples, from its
+    symmetric kernel on the nodes of one sample (weights summing to 1): Var = Σ_c C(m, c) C(N − m, m − c) / C(N, m) ζ_c,
+    ζ_c = Var E[h | X_1..X_c] (Hoeffding 1948)."""
+    m, n = kernel.ndim, n_samples
+    mean = float(np.sum(kernel * _product_weights(weights, m)))
+    var = 0.0
+    for c in range(1, m + 1):
+        conditional = kernel
+        for _ in range(m - c):  # average out the trailing m − c samples
+            conditional = conditional @ weights
+        zeta = float(np.sum(_product_weights(weights, c) * (conditional - mean) ** 2))
+        var += math.comb(m, c) * math.comb(n - m, m - c) / math.comb(n, m) * zeta
+    return mean, var
+
+
+def _product_weights(weights: np.ndarray, m: int) -> np.ndarray:
+    product = np.ones(())
+    for _ in range(m):
+        product = np.multiply.outer(product, weights)
+    return product

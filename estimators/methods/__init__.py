@@ -1,7 +1,7 @@
 """The estimators varbench ships, registered in ``ESTIMATORS`` with tags, and ``get_estimator`` by name.
 
 Tags: ``core`` (naive, score function, RLOO, pathwise, measure-valued), ``discrete`` (ARM, DisARM, the
-relaxations, REBAR, RELAX, and since 2020 ReinMax, Gumbel-Rao, IndeCateR, double control variates), ``policy``
+relaxations, REBAR, RELAX, and since 2020 ReinMax, Gumbel-Rao, IndeCateR, double control variates, ARMS), ``policy``
 (the group baselines GRPO and Dr. GRPO), ``episodic`` (policy gradients on episodes of an environment: REINFORCE,
 reward-to-go, constant and value baselines, GAE), ``reference`` (the finite difference), ``peer`` (Pyro's and
 Storchastic's, when those libraries import; ``PEER_STATUS`` says why not).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..core.estimator import Estimator, EstimatorError, adopt_estimator
 from ..core.registry import Registry
+from .arms import ARMS
 from .basic import BASIC
 from .discrete import DISCRETE
 from .double_cv import DOUBLE_CV
@@ -27,7 +28,7 @@ from .reinmax import REINMAX
 ESTIMATORS: Registry[Estimator] = Registry("estimator", EstimatorError, entry_point_group="varbench.estimators",
                                            adopt=adopt_estimator)  # fmt: skip
 
-for _tag, _estimators in (("core", BASIC), ("discrete", (*DISCRETE, *REINMAX, *GUMBEL_RAO, INDECATER, DOUBLE_CV)),
+for _tag, _estimators in (("core", BASIC), ("discrete", (*DISCRETE, *REINMAX, *GUMBEL_RAO, INDECATER, DOUBLE_CV, ARMS)),
                           ("policy", GROUP_BASELINES), ("episodic", EPISODIC), ("reference", tuple(REFERENCE_ESTIMATORS.values())),
                           ("peer", tuple(PEER_ESTIMATORS.values()))):  # fmt: skip
     for _estimator in _estimators:
