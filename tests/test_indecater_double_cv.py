@@ -1,7 +1,8 @@
 """IndeCateR and double control variates against exact values: unbiasedness by seeded Monte Carlo (float64) within
 one Bonferroni-corrected z bound for the file, IndeCateR's zero variance where each coordinate is summed out
 exactly, its D·K cost, double_cv's exact moments against brute force over every tuple of outcomes, its
-unbiasedness at any fixed α, RLOO at pilot = 0, and its fitted α against the variance-optimal one."""
+unbiasedness at any fixed α, its registered exact moments at the fitted α̂ it runs at (in float32 and float64), RLOO
+at pilot = 0, and its fitted α against the variance-optimal one."""
 
 from __future__ import annotations
 
@@ -29,20 +30,26 @@ N, M = 4, 20000
 UNBIASED = [(name, problem, params, theta) for name in ("indecater", "double_cv") for problem, params, theta in CASES
             if ESTIMATORS[name].skip_reason(make_problem(problem, params=params), N) is None]  # fmt: skip
 FIXED_ALPHA = [(family, params, theta, alpha) for family, params, theta in CASES[:4] for alpha in (-1.0, 0.5)]
-# Each case tests the mean against the truth and the variance against exact.
-Z = bonferroni_z(2 * (len(UNBIASED) + len(FIXED_ALPHA)))
+DTYPES = (torch.float32, torch.float64)
+# Each case tests the mean against the truth and the variance against exact (the pilot cases once per dtype).
+Z = bonferroni_z(2 * (len(UNBIASED) + len(FIXED_ALPHA) + len(DTYPES)))
 
 
-def _estimates(name: str, problem, theta: float, seed: int = 0, m: int = M) -> torch.Tensor:
+def _estimates(name: str, problem, theta: float, seed: int = 0, m: int = M, dtype=torch.float64, options=None):
     torch.manual_seed(seed)
-    return estimate(ESTIMATORS[name], problem, theta, N, m, dtype=torch.float64)
+    return estimate(ESTIMATORS[name], problem, theta, N, m, dtype=dtype, options=options)
+
+
+def _variance_bound(g: torch.Tensor) -> tuple[float, float]:
+    """(sample variance, Z times its standard error from the sample's own fourth moment: kurtosis-aware)."""
+    centred = (g.double() - g.double().mean()) ** 2
+    return float(centred.mean()), Z * float(centred.std()) / math.sqrt(len(g))
 
 
 def _check_moments(g: torch.Tensor, gradient: float, exact_var: float) -> None:
-    assert abs(float(g.mean()) - gradient) <= Z * math.sqrt(exact_var / M)
-    # The sample variance's standard error from the sample's own fourth moment.
-    centred = (g - g.mean()) ** 2
-    assert abs(float(centred.mean()) - exact_var) <= Z * float(centred.std()) / math.sqrt(M)
+    assert abs(float(g.double().mean()) - gradient) <= Z * math.sqrt(exact_var / len(g))
+    variance, bound = _variance_bound(g)
+    assert abs(variance - exact_var) <= bound
 
 
 @pytest.mark.parametrize("name, family, params, theta", UNBIASED)
@@ -55,10 +62,6 @@ def test_unbiased_and_exact_moments(name, family, params, theta):
     if exact.var < 1e-25:  # an exact sum per sample: every estimate is the gradient up to rounding
         assert torch.allclose(g, torch.full_like(g, problem.gradient(theta)), atol=1e-12)
         return
-    if name == "double_cv":  # the registered exact variance is at the optimal α; these estimates used the fitted α̂
-        alpha = fitted_alpha(problem, torch.tensor(theta, dtype=torch.float64), N, 1000)
-        assert exact.var <= double_cv_moments(problem, theta, alpha, N)[1] * (1 + 1e-12)
-        exact = Exact(exact.mean, double_cv_moments(problem, theta, alpha, N)[1])
     _check_moments(g, problem.gradient(theta), exact.var)
 
 
@@ -151,6 +154,37 @@ def test_double_cv_without_a_pilot_is_rloo_and_its_fitted_alpha_beats_it():
     fitted = fitted_alpha(problem, torch.tensor(theta, dtype=torch.float64), N, 1000)
     at = {a: double_cv_moments(problem, theta, a, N)[1] for a in (best, fitted, 0.0, best - 0.01, best + 0.01)}
     assert at[best] <= min(at[best - 0.01], at[best + 0.01]) and at[fitted] < at[0.0]
+
+
+AUDIT = ("bernoulli_toy", {"t": 0.45}, 0.0)  # the cell where the exact variance at α* was found 0.35% low
+
+
+def test_double_cv_exact_moments_are_at_the_fitted_alpha_shared_by_every_dtype():
+    family, params, theta = AUDIT
+    problem = make_problem(family, params=params)
+    alphas = {fitted_alpha(problem, torch.tensor(theta, dtype=dtype), N, 1000) for dtype in DTYPES}
+    assert len(alphas) == 1  # a float32 and a float64 cell run at one α̂: one exact value serves both
+    (fitted,) = alphas
+    exact = exact_moments(problem, Method("double_cv"), theta, N)
+    assert isinstance(exact, Exact) and exact.mean == pytest.approx(problem.gradient(theta), abs=1e-12)
+    assert exact.var == pytest.approx(double_cv_moments(problem, theta, fitted, N)[1], rel=1e-12)
+    # α̂ is not α*, and the variance at α̂ is above the optimum by more than rounding: the value at α* is not it.
+    best = optimal_alpha(problem, theta, N)
+    assert abs(fitted - best) > 1e-3 and exact.var > double_cv_moments(problem, theta, best, N)[1] * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_double_cv_measured_variance_is_its_exact_variance_at_the_fitted_alpha(dtype):
+    # A 20-latent pilot fits α̂ far from α* here (the variance there is ~1.5 times the optimum's): the seeded Monte
+    # Carlo of the estimator as the pipeline runs it covers the registered exact variance and excludes α*'s.
+    family, params, theta = AUDIT
+    problem, method = make_problem(family, params=params), Method("double_cv", (("pilot", 20.0),))
+    exact = exact_moments(problem, method, theta, N)
+    assert isinstance(exact, Exact), exact
+    g = _estimates("double_cv", problem, theta, seed=2, dtype=dtype, options={"pilot": 20})
+    _check_moments(g, problem.gradient(theta), exact.var)
+    variance, bound = _variance_bound(g)
+    assert abs(variance - double_cv_moments(problem, theta, optimal_alpha(problem, theta, N), N)[1]) > bound
 
 
 def test_double_cv_skips_categorical_latents():

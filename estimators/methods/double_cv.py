@@ -18,7 +18,8 @@ stochastic gradient on the estimate's second moment, from α = 0. ĝ is affine i
 does not depend on α, so that objective is the variance plus a constant, minimised at α* = −Cov(ĝ_RLOO, Z)/Var Z: we
 take the sample version over ``pilot`` latents' estimates at the cell's θ (what the paper's training converges to),
 drawn once on a forked, seeded stream and cached, so a cell's timing excludes the fit and its random stream is
-untouched; pilot = 0 keeps α = 0 (RLOO).
+untouched; pilot = 0 keeps α = 0 (RLOO). The fit is deterministic per (problem, θ, N, pilot), in float64 whatever
+the cell's dtype, and the registered exact moments (estimators/exact/indecater.py) are at this α̂, not at α*.
 """
 
 from __future__ import annotations
@@ -70,12 +71,20 @@ def fitted_alpha(problem: Problem, point: Tensor, n_samples: int, pilot: int) ->
     """α̂ = −Cov(ĝ_RLOO, Z) / Var Z over estimates of N samples at θ = ``point`` (every coordinate of a workload's θ
     summed, as the paper's mean squared gradient does), seeded from the cell's identity and cached. ``pilot`` counts
     latents: that many estimates of a scalar θ, or enough copies of a workload's θ for its data points to hold as
-    many (the discrete VAE's estimate has 100), as RELAX's training batch does."""
+    many (the discrete VAE's estimate has 100), as RELAX's training batch does.
+
+    On a problem with a scalar θ (every one with exact moments) the fit does not depend on the cell's dtype or
+    device: it runs on the CPU in float64 at θ rounded to float32 (the pilot's noise dwarfs that rounding), so a
+    float32 and a float64 cell at one θ share α̂ bit for bit, and ``estimators.exact`` calls this same function to
+    give the exact moments of the estimator as it runs. A workload's fit runs where, and in the dtype, its θ lives."""
     if pilot == 0:
         return 0.0
     point = point.detach()
+    where: tuple = (point.dtype, str(point.device))
+    if problem.workload is None:
+        point, where = point.to("cpu", torch.float32).to(torch.float64), ()
     digest = hashlib.sha256(point.cpu().numpy().tobytes()).hexdigest()
-    key = (problem.label, digest, n_samples, pilot, point.dtype, str(point.device))
+    key = (problem.label, digest, n_samples, pilot, *where)
     if key not in _ALPHA_CACHE:
         if len(_ALPHA_CACHE) >= _ALPHA_CACHE_SIZE:
             _ALPHA_CACHE.pop(next(iter(_ALPHA_CACHE)))
