@@ -8,9 +8,11 @@ opposite pairs). The objective is the undiscounted return capped at H = 200 step
 E[episode length]: γ = 1 because that is CartPole-v1's own score, and because under γ < 1 the estimators as
 practitioners write them (no γ^t factor) would carry a bias of their own besides GAE's.
 
-Ground truth has no closed form: a reference estimate from REFERENCE_EPISODES episodes in float64 with the
-rewards-to-go minus a linear state-value baseline fitted on FIT_EPISODES other episodes (unbiased), its standard
-error per coordinate (from the per-episode gradients) in true_grad_se. tests/test_cartpole.py checks it against a
+Ground truth has no closed form: a reference estimate from REFERENCE_EPISODES episodes in float64, in
+mirror-antithetic pairs (reset state −s0 and action uniforms 1 − u for the mirror of s0 and u: unbiased at any θ,
+exactly mirror-symmetric at θ = 0; ``reference``), with the rewards-to-go minus a linear state-value baseline fitted
+on FIT_EPISODES other episodes (unbiased), its standard error per coordinate (from the pair averages, the
+independent units) in true_grad_se. tests/test_cartpole.py checks it against a
 central finite difference of J with common random numbers (same reset states, same action uniforms).
 
 Checkpoints: Adam (learning rate 0.05) from θ = 0 (the uniform policy) on RLOO estimates of TRAIN_EPISODES
@@ -154,10 +156,12 @@ def _reset_centre_policy(theta: Tensor) -> Categorical:
 
 SUMMARY = ("linear-softmax policy (4 × 2 weights + 2 biases) on gymnasium's vectorised CartPole-v1, horizon 200, "
            "γ = 1; gradient of the expected return w.r.t. the 10 policy parameters")
-GROUND_TRUTH = (f"no closed form: a reference of {REFERENCE_EPISODES} episodes in float64 (rewards-to-go minus a "
-                f"linear state-value baseline fitted on {FIT_EPISODES} other episodes, unbiased), its standard error "
-                "per coordinate in true_grad_se; a central finite difference of J with common random numbers agrees "
-                "within its interval (tests)")  # fmt: skip
+GROUND_TRUTH = (f"no closed form: a reference of {REFERENCE_EPISODES} episodes in float64 as "
+                f"{REFERENCE_EPISODES // 2} mirror-antithetic pairs (reset −s0, action uniforms 1 − u; unbiased at "
+                "any θ, the b-coordinates exactly 0 at θ = 0), rewards-to-go minus a linear state-value baseline "
+                f"fitted on {FIT_EPISODES} other episodes, its standard error per coordinate in true_grad_se, from the "
+                "pair averages; a central finite difference of J with common random numbers agrees within its "
+                "interval (tests)")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=None)
