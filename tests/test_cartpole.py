@@ -19,7 +19,7 @@ from scipy import stats
 from bench.grid import GridError, Sweep
 from bench.statistics import BIAS_ALPHA, summarize_vector
 from estimators import ESTIMATORS, EstimatorError, ProblemError, custom_estimator, estimate, get_estimator, make_problem
-from estimators.core.episodes import episode_surrogate
+from estimators.core.episodes import episode_surrogate, fit_value
 from estimators.variance_reduction import compose
 from estimators.workloads import cartpole
 
@@ -99,6 +99,54 @@ def test_reference_gradient_matches_a_finite_difference_at_a_trained_checkpoint(
     # Step 10 (the conformance check's point too, so its reference is computed once per test process).
     z, text = fd_z(10, "gradient", seed=210)
     assert abs(z) <= CRITICAL, text
+
+
+def test_mirrored_episodes_are_the_exact_mirror_images_at_initialisation():
+    """At θ = 0 the episode from −s0 with uniforms 1 − u is, step by step, the mirror of the one from s0 with u:
+    states negated, actions swapped, same length; so its b-score is negated and its W-score unchanged."""
+    pairs = 128
+    theta = torch.zeros(2 * pairs, cartpole.N_PARAMS, dtype=torch.float64)
+    episodes = cartpole.ENVIRONMENT.rollout_seeded(theta, 1, 31, mirrored=True)
+    alive, first, second = episodes.alive[:, 0], slice(0, pairs), slice(pairs, 2 * pairs)
+    assert torch.equal(alive[:, first], alive[:, second]) and alive.sum(dim=0).float().std() > 0
+    live = alive[:, first]
+    observations, actions = episodes.observations[:, 0], episodes.actions[:, 0]
+    assert torch.equal(observations[:, second][live], -observations[:, first][live])
+    assert torch.equal(actions[:, second][live], 1 - actions[:, first][live])
+    assert torch.equal(episodes.returns()[0, first], episodes.returns()[0, second])
+    leaf = theta.clone().requires_grad_(True)
+    (scores,) = torch.autograd.grad(episode_surrogate(episodes, leaf, episodes.rewards_to_go()).sum(), leaf)
+    weights, bias = slice(0, cartpole.N_PARAMS - 2), slice(cartpole.N_PARAMS - 2, None)
+    assert torch.allclose(scores[second, weights], scores[first, weights], rtol=0, atol=1e-12)
+    assert torch.allclose(scores[second, bias], -scores[first, bias], rtol=0, atol=1e-12)
+    assert scores[first, bias].abs().max() > 1  # each episode's own b-term is far from 0; only the pair cancels
+
+
+def test_reference_at_initialisation_is_mirror_symmetric():
+    """θ = 0: the b-coordinates, exactly 0 by CartPole's mirror symmetry, are 0 to float64 rounding, and so is their
+    standard error (the episodes' own b-terms are not: the se is the pairs'); the W-columns are opposite."""
+    mean, covariance, _ = cartpole.reference(0)
+    scale = float(mean.abs().max())
+    weights = mean[: cartpole.N_PARAMS - 2].reshape(cartpole.OBSERVATIONS, cartpole.ACTIONS)
+    assert float(mean[-2:].abs().max()) <= 1e-12 * scale, mean
+    assert float(covariance.diagonal()[-2:].max()).__pow__(0.5) <= 1e-12 * scale, covariance.diagonal()
+    assert torch.allclose(weights[:, 0], -weights[:, 1], rtol=0, atol=1e-12 * scale)
+    assert float(weights.abs().min()) > 0.1  # the W-coordinates are kept, not cancelled
+
+
+def test_reference_standard_error_is_from_the_pair_averages(monkeypatch):
+    """At a trained checkpoint (a policy that is not mirror-symmetric), on a small reference: the mean is the pair
+    averages' and the covariance that of their mean, the pairs (episode i, its mirror i + chunk/2) as the units."""
+    for name, value in (("REFERENCE_EPISODES", 512), ("REFERENCE_CHUNK", 256), ("FIT_EPISODES", 256)):
+        monkeypatch.setattr(cartpole, name, value)
+    mean, covariance, _ = cartpole.reference.__wrapped__(10)
+    theta = cartpole.parameters(10).double()
+    fitted = fit_value(cartpole.ENVIRONMENT.rollout_seeded(theta[None], 256, cartpole.REFERENCE_SEED, mirrored=True))
+    pairs = torch.cat([cartpole._reference_chunk(theta, fitted, cartpole.REFERENCE_SEED + 1 + chunk)[0]
+                       for chunk in range(2)])  # fmt: skip
+    assert pairs.shape == (256, cartpole.N_PARAMS)
+    assert torch.allclose(mean, pairs.mean(dim=0), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(covariance, torch.cov(pairs.T) / 256, rtol=1e-9, atol=1e-15)
 
 
 def test_the_finite_difference_check_can_fail():

@@ -147,13 +147,25 @@ class EpisodicEnvironment:
         """N episodes per replicate of θ [M, P], seeded from torch's global generator."""
         return self.rollout_seeded(theta, n_episodes, int(torch.randint(0, 2**62, (), dtype=torch.int64)))
 
-    def rollout_seeded(self, theta: Tensor, n_episodes: int, seed: int) -> Episodes:
-        """N episodes per replicate of θ [M, P], every env's reset state and action uniforms fixed by ``seed``."""
+    def rollout_seeded(self, theta: Tensor, n_episodes: int, seed: int, mirrored: bool = False) -> Episodes:
+        """N episodes per replicate of θ [M, P], every env's reset state and action uniforms fixed by ``seed``.
+
+        ``mirrored``: the second half of the N·M episodes (flat index i + N·M/2, the replicate-minor order of
+        [N, M]) mirrors the first: reset state −s0 and action uniforms 1 − u where episode i has s0 and u. For a
+        vector environment whose ``state`` [obs_dim, num_envs] is its observation (gymnasium's classic control
+        ones), with a reset distribution symmetric about 0; each half alone is an ordinary seeded rollout."""
         replicates = theta.shape[0]
         count = n_episodes * replicates
+        if mirrored and count % 2:
+            raise ValueError(f"a mirrored rollout pairs its episodes: N·M must be even, got {count}")
         env = self.make_env(count)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         observation, _ = env.reset(seed=seed % 2**32)
+        half = count // 2
+        if mirrored:
+            # The state the environment steps from, float64; its observation is that state as float32.
+            env.state[:, half:] = -env.state[:, :half]
+            observation = env.state.T.astype(np.float32)
         policy_theta = theta.detach()
         dtype, device = theta.dtype, theta.device
         alive = torch.ones(count, dtype=torch.bool)
@@ -169,7 +181,11 @@ class EpisodicEnvironment:
                 observations[t] = torch.from_numpy(np.asarray(observation))
                 state = observations[t].reshape(n_episodes, replicates, -1).to(device)
                 logits = self.policy_logits(policy_theta, state).reshape(count, -1)
-                uniforms = torch.rand(count, generator=generator, dtype=torch.float64)
+                if mirrored:
+                    drawn = torch.rand(half, generator=generator, dtype=torch.float64)
+                    uniforms = torch.cat([drawn, 1.0 - drawn])  # exact: the draws are multiples of 2^-53
+                else:
+                    uniforms = torch.rand(count, generator=generator, dtype=torch.float64)
                 # Inverse CDF: the action is the number of cumulative probabilities below the uniform.
                 cumulative = logits.double().softmax(dim=-1).cumsum(dim=-1)[:, :-1].cpu()
                 actions[t] = (uniforms[:, None] >= cumulative).sum(dim=-1)

@@ -8,9 +8,11 @@ opposite pairs). The objective is the undiscounted return capped at H = 200 step
 E[episode length]: γ = 1 because that is CartPole-v1's own score, and because under γ < 1 the estimators as
 practitioners write them (no γ^t factor) would carry a bias of their own besides GAE's.
 
-Ground truth has no closed form: a reference estimate from REFERENCE_EPISODES episodes in float64 with the
-rewards-to-go minus a linear state-value baseline fitted on FIT_EPISODES other episodes (unbiased), its standard
-error per coordinate (from the per-episode gradients) in true_grad_se. tests/test_cartpole.py checks it against a
+Ground truth has no closed form: a reference estimate from REFERENCE_EPISODES episodes in float64, in
+mirror-antithetic pairs (reset state −s0 and action uniforms 1 − u for the mirror of s0 and u: unbiased at any θ,
+exactly mirror-symmetric at θ = 0; ``reference``), with the rewards-to-go minus a linear state-value baseline fitted
+on FIT_EPISODES other episodes (unbiased), its standard error per coordinate (from the pair averages, the
+independent units) in true_grad_se. tests/test_cartpole.py checks it against a
 central finite difference of J with common random numbers (same reset states, same action uniforms).
 
 Checkpoints: Adam (learning rate 0.05) from θ = 0 (the uniform policy) on RLOO estimates of TRAIN_EPISODES
@@ -83,33 +85,52 @@ def parameters(step: int) -> Tensor:
 
 @functools.lru_cache(maxsize=None)
 def reference(step: int) -> tuple[Tensor, Tensor, float]:
-    """(mean gradient [P], its covariance [P, P] as a mean of REFERENCE_EPISODES independent per-episode
-    gradients, the mean return): rewards-to-go minus V(s_t, t), V fitted on FIT_EPISODES other episodes, float64.
-    Computed once per process and checkpoint (a few seconds)."""
+    """(mean gradient [P], its covariance [P, P], the mean return) from REFERENCE_EPISODES episodes in
+    REFERENCE_EPISODES / 2 mirror-antithetic pairs: rewards-to-go minus V(s_t, t), V fitted on FIT_EPISODES other
+    episodes (mirrored pairs too), float64. The covariance is that of the mean of the pair averages, the independent
+    units: the two episodes of a pair are dependent by construction. Computed once per process and checkpoint
+    (a few seconds).
+
+    Why the pairs are unbiased at any θ: an episode is a deterministic function F_θ(s0, u) of its reset state s0
+    and its action uniforms u (a_t = 1[u_t ≥ π_θ(0 | s_t)], inverse CDF). Its mirror is F_θ(−s0, 1 − u), the same
+    function of (−s0, 1 − u), and (−s0, 1 − u) has the law of (s0, u): s0 is uniform on [−0.05, 0.05]^4, symmetric
+    about 0, and the u_t are i.i.d. uniform on [0, 1) (to the 2^-53 grid of the draws: 1 − u lies on (0, 1]; the
+    reset's grid likewise). So both episodes of a pair are draws from π_θ's episode law, each one's gradient term
+    has mean ∇J, and so has their average, whatever θ: no symmetry of the policy is assumed, only of the reset
+    law; the baseline V is fitted on other episodes, so it stays independent of both. What the mirror symmetry
+    of CartPole adds is the variance drop: the force is sign(a − ½)·F, the dynamics are odd in the state and the
+    termination even, so at θ = 0 (π = ½, where 1 − u gives 1 − a except at u = ½, probability 2^-53 a step) the
+    mirrored episode is the exact mirror image, states −s_t and actions 1 − a_t, same rewards; its b-score
+    e_a − ½ is negated and its W-score s(e_a − ½)ᵀ unchanged, so with a V even in s (fitted on mirrored pairs, its
+    odd weights vanish to rounding) the pair cancels the b-coordinates, whose exact value there is 0, and
+    keeps the W-coordinates' terms. Away from θ = 0 a near-odd policy keeps the pairs negatively correlated."""
     theta = parameters(step).to(torch.float64)
     with one_intra_op_thread():
-        fitted = fit_value(ENVIRONMENT.rollout_seeded(theta[None], FIT_EPISODES, REFERENCE_SEED))  # [1, F]
-    total, outer, returns = torch.zeros(N_PARAMS, dtype=torch.float64), torch.zeros(N_PARAMS, N_PARAMS,
-                                                                                   dtype=torch.float64), 0.0
+        fitted = fit_value(ENVIRONMENT.rollout_seeded(theta[None], FIT_EPISODES, REFERENCE_SEED, mirrored=True))
+    pairs, returns = [], 0.0
     for chunk in range(REFERENCE_EPISODES // REFERENCE_CHUNK):
         with one_intra_op_thread():
-            per_episode, chunk_returns = _reference_chunk(theta, fitted, REFERENCE_SEED + 1 + chunk)
-        total += per_episode.sum(dim=0)
-        outer += per_episode.T @ per_episode
+            per_pair, chunk_returns = _reference_chunk(theta, fitted, REFERENCE_SEED + 1 + chunk)
+        pairs.append(per_pair)
         returns += chunk_returns
-    mean = total / REFERENCE_EPISODES
-    covariance = (outer / REFERENCE_EPISODES - torch.outer(mean, mean)) * REFERENCE_EPISODES / (REFERENCE_EPISODES - 1)
-    return mean, covariance / REFERENCE_EPISODES, returns / REFERENCE_EPISODES
+    per_pair = torch.cat(pairs)  # [REFERENCE_EPISODES / 2, P]
+    # Centred before the products (not the raw second moment less the squared mean): at θ = 0 the b-coordinates'
+    # pair averages are rounding-sized and a difference of raw moments could come out negative.
+    centred = per_pair - per_pair.mean(dim=0)
+    covariance = centred.T @ centred / (len(per_pair) - 1)
+    return per_pair.mean(dim=0), covariance / len(per_pair), returns / REFERENCE_EPISODES
 
 
 def _reference_chunk(theta: Tensor, fitted: Tensor, seed: int) -> tuple[Tensor, float]:
-    """Per-episode gradients [REFERENCE_CHUNK, P] and the sum of the episodes' returns."""
+    """Per-pair mean gradients [REFERENCE_CHUNK / 2, P] (episode i and its mirror i + REFERENCE_CHUNK / 2) and the
+    sum of the episodes' returns."""
     # Each episode its own replicate (N = 1, M = chunk), so one backward pass gives every episode's gradient.
     leaf = theta.expand(REFERENCE_CHUNK, N_PARAMS).clone().requires_grad_(True)
-    episodes = ENVIRONMENT.rollout_seeded(leaf.detach(), 1, seed)
+    episodes = ENVIRONMENT.rollout_seeded(leaf.detach(), 1, seed, mirrored=True)
     advantages = episodes.rewards_to_go() - values(episodes, fitted.expand(REFERENCE_CHUNK, -1))
     (per_episode,) = torch.autograd.grad(episode_surrogate(episodes, leaf, episodes.discounts() * advantages).sum(), leaf)
-    return per_episode, float(episodes.returns().sum())
+    half = REFERENCE_CHUNK // 2
+    return (per_episode[:half] + per_episode[half:]) / 2, float(episodes.returns().sum())
 
 
 def exact_gradient(step: int) -> tuple[Tensor, Tensor]:
@@ -135,10 +156,12 @@ def _reset_centre_policy(theta: Tensor) -> Categorical:
 
 SUMMARY = ("linear-softmax policy (4 × 2 weights + 2 biases) on gymnasium's vectorised CartPole-v1, horizon 200, "
            "γ = 1; gradient of the expected return w.r.t. the 10 policy parameters")
-GROUND_TRUTH = (f"no closed form: a reference of {REFERENCE_EPISODES} episodes in float64 (rewards-to-go minus a "
-                f"linear state-value baseline fitted on {FIT_EPISODES} other episodes, unbiased), its standard error "
-                "per coordinate in true_grad_se; a central finite difference of J with common random numbers agrees "
-                "within its interval (tests)")  # fmt: skip
+GROUND_TRUTH = (f"no closed form: a reference of {REFERENCE_EPISODES} episodes in float64 as "
+                f"{REFERENCE_EPISODES // 2} mirror-antithetic pairs (reset −s0, action uniforms 1 − u; unbiased at "
+                "any θ, the b-coordinates exactly 0 at θ = 0), rewards-to-go minus a linear state-value baseline "
+                f"fitted on {FIT_EPISODES} other episodes, its standard error per coordinate in true_grad_se, from the "
+                "pair averages; a central finite difference of J with common random numbers agrees within its "
+                "interval (tests)")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=None)
