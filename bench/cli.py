@@ -547,8 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     his = commands.add_parser("history", help="series across commits and the commits where they changed (plots, "
                               "tables, summary.md); --append adds runs")  # fmt: skip
     his.add_argument("dir", type=_text("a history folder"), help="the history folder (varbench regress --history DIR)")
-    his.add_argument("--append", nargs="+", metavar="RUN_DIR", type=_text("a run folder"),
-                     help="add these run folders to the history instead of rendering it")
+    # Repeatable rather than nargs="+", which would swallow DIR when it is written after the run folders.
+    his.add_argument("--append", action="append", metavar="RUN_DIR", type=_text("a run folder"),
+                     help="add this run folder to the history instead of rendering it (repeat for several)")
     his.add_argument("--out", default=RENDER_OUT, type=_text("a folder"),
                      help="folder for summary.md, history.md, history.csv, changes.csv and the plots")
     his.add_argument("--order", type=_text("a file"), metavar="FILE",

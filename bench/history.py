@@ -426,8 +426,8 @@ def summary_markdown(analysis: HistoryAnalysis, order_given: bool) -> str:
     changes = analysis.changes.sort_values(["worse", "z"], ascending=[False, False], key=lambda s: s.abs() if s.name == "z" else s)
     runs = analysis.runs
     commits = runs["commit"].nunique()
-    lines = [f"### varbench history: {len(changes)} change(s) in {analysis.n_series} series over {commits} commits "
-             f"({len(runs)} runs)", ""]  # fmt: skip
+    lines = [f"### varbench history: {len(changes)} change(s) in {analysis.n_series} series over {commits} "
+             f"commit{'s' if commits != 1 else ''} ({len(runs)} run{'s' if len(runs) != 1 else ''})", ""]  # fmt: skip
     if len(changes):
         lines += ["| | cell | metric | first commit | change [95% CI] |", "|---|---|---|---|---|"]
         for _, row in changes.head(20).iterrows():
@@ -438,9 +438,9 @@ def summary_markdown(analysis: HistoryAnalysis, order_given: bool) -> str:
             lines.append(f"| | … {len(changes) - 20} more in changes.csv | | | |")
     else:
         lines.append("No change found.")
-    order = "ordered by the commits' order given with --order" if order_given else "ordered by run date"
+    order = "in the commits' order given with --order" if order_given else "by run date"
     left = f"; {analysis.left_out} run(s) of commits not in --order left out" if analysis.left_out else ""
-    lines += ["", f"Runs in {order}{left}. A change is a step in a piecewise-constant fit weighted by each point's "
+    lines += ["", f"Runs ordered {order}{left}. A change is a step in a piecewise-constant fit weighted by each point's "
               f"own standard error, accepted past a χ²₁ threshold Bonferroni-corrected over the splits and the "
               f"{analysis.n_series} series: on a history where nothing changed, P(any change) ≤ {analysis.alpha:g} "
               "(docs/regression.md)."]  # fmt: skip

@@ -104,7 +104,7 @@ def rendered(run_folders, tmp_path_factory) -> tuple[Path, Path]:
     store, out = root / "history", root / "out"
     # Appended out of order: the history orders runs by their date, not by when they were added.
     shuffled = [run_folders[i] for i in np.random.default_rng(3).permutation(COMMITS)]
-    assert cli.main(["history", str(store), "--append", *map(str, shuffled)]) == 0
+    assert cli.main(["history", str(store), *[arg for run in shuffled for arg in ("--append", str(run))]]) == 0
     assert cli.main(["history", str(store), "--out", str(out)]) == 0
     return store, out
 
@@ -225,9 +225,9 @@ def test_the_threshold_is_bonferroni_over_splits_and_series():
 @pytest.mark.integration
 def test_two_concurrent_appends_keep_both_runs(run_folders, tmp_path):
     store = tmp_path / "history"
-    command = [sys.executable, "-m", "bench", "history", str(store), "--append"]
+    command = [sys.executable, "-m", "bench", "history", str(store)]
     halves = [run_folders[:5], run_folders[5:10]]
-    jobs = [subprocess.Popen([*command, *map(str, half)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    jobs = [subprocess.Popen([*command, *[arg for run in half for arg in ("--append", str(run))]], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for half in halves]  # fmt: skip
     for job in jobs:
         out, err = job.communicate(timeout=120)
@@ -248,7 +248,7 @@ def test_an_append_refuses_a_folder_that_is_not_a_history_before_writing(run_fol
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     # A bad run folder among good ones: one line, and none of them is added.
     store = tmp_path / "store"
-    assert cli.main(["history", str(store), "--append", str(run_folders[0]), str(tmp_path / "nope")]) == 2
+    assert cli.main(["history", str(store), "--append", str(run_folders[0]), "--append", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip().startswith(f"varbench: error: run folder {tmp_path / 'nope'} does not exist")
     assert not list(store.glob(f"*{history.POINTS_SUFFIX}"))
 
