@@ -3,11 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= results/default
+# Every `make regress` run is appended here; `make history` finds the commits where something changed.
+HISTORY ?= results/history
 # torch is pinned here, to the CPU build of this exact release on the machines' disk; a looser spec would
 # pull a multi-GB CUDA build. pyproject.toml declares the range the code supports.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: bench quick full test test-fast test-browser regress baseline perf exact peers report list clean install
+.PHONY: bench quick full test test-fast test-browser regress history baseline perf exact peers report list clean install
 
 bench: $(VENV)/.installed ## default sweep (<= 10 min on 2 CPU cores) -> $(OUT)/{table.csv,report.md,*.png}
 	$(BIN)/varbench run --preset default --device auto --out $(OUT)
@@ -32,8 +34,11 @@ test-browser: $(VENV)/.installed ## report.html in headless Chromium: installs D
 	$(BIN)/python -m pip install --quiet -e ".[browser]"
 	$(BIN)/python -m pytest -m browser -rs tests/test_report_html.py
 
-regress: $(VENV)/.installed ## re-measure the ci grid, compare with results/baseline/; fails on a regression (<= 3 min)
-	$(BIN)/varbench regress --baseline results/baseline --out results/regress --no-progress
+regress: $(VENV)/.installed ## re-measure the ci grid, compare with results/baseline/, append to $(HISTORY); fails on a regression (<= 3 min)
+	$(BIN)/varbench regress --baseline results/baseline --out results/regress --history $(HISTORY) --no-progress
+
+history: $(VENV)/.installed ## changes across the runs kept in $(HISTORY) -> results/history-report/{summary.md,history.md,*.png}
+	$(BIN)/varbench history $(HISTORY) --out results/history-report
 
 baseline: $(VENV)/.installed ## re-record results/baseline/ (the ci grid + speed benchmarks); commit the result
 	$(BIN)/varbench baseline --out results/baseline --no-progress
@@ -63,6 +68,6 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test,dask]"
 	touch $@
 
-clean: ## remove the make targets' results folders (not results/baseline/, not folders you made) and the venv
-	rm -rf results/default results/quick results/full results/regress results/perf results/exact results/peers results/latest
+clean: ## remove the make targets' results folders (not results/baseline/ or the kept results/history/, not folders you made) and the venv
+	rm -rf results/default results/quick results/full results/regress results/perf results/exact results/peers results/latest results/history-report
 	rm -rf $(VENV) .pytest_cache .benchmarks
