@@ -188,7 +188,8 @@ def _render_report(folder: Path) -> int | None:
     from . import report
 
     try:
-        path = report.write_report(folder)
+        # Figures drawn in worker processes: the command line's main module is guarded, so spawning is safe.
+        path = report.write_report(folder, workers=report.plots.rendering_workers())
         print(f"varbench: report written to {path} and {path.with_suffix('.html')}")
     except KeyboardInterrupt as stop:
         print(f"\nvarbench: {_stopped(stop)} while rendering the report; {folder / TABLE_NAME} is intact and "

@@ -398,9 +398,12 @@ SECTIONS: Registry[Section] = Registry("report section", ValueError)
 PLOTS: Registry[ProblemPlot] = Registry("report plot", ValueError)
 
 
-def write_report(out_dir: Path) -> Path:
+def write_report(out_dir: Path, workers: int = 1) -> Path:
     """Read ``out_dir/table.csv``, draw the plots beside it and write ``out_dir/report.md``: its registered sections
-    in order, and ``out_dir/report.html``: the same sections as a web page; each replaced whole or not at all."""
+    in order, and ``out_dir/report.html``: the same sections as a web page; each replaced whole or not at all.
+    ``workers`` > 1 draws the PNGs in that many spawned processes while the sections go on; spawning re-runs the
+    caller's script unless it is ``python -m`` or guarded by ``if __name__ == "__main__"``, so it is opt-in (the
+    command line uses it)."""
     out_dir = Path(out_dir)
     frame = latest_rows(load_table(out_dir / TABLE_NAME))
     if not len(frame):
@@ -415,7 +418,9 @@ def write_report(out_dir: Path) -> Path:
     vector = ok["n_params"] > 1
     context = ReportContext(out_dir, frame, ok[~vector], ok[vector], frame[frame["status"] == "skipped"],
                             frame[frame["status"] == "error"])  # fmt: skip
-    lines = [line for section in sorted(SECTIONS.values(), key=lambda s: s.order) for line in section.render(context)]
+    # All figures are written before the page embeds them.
+    with plots.rendering(workers):
+        lines = [line for section in sorted(SECTIONS.values(), key=lambda s: s.order) for line in section.render(context)]
     markdown = "\n".join(lines)
     # The web page renders the same Markdown (so the same verdicts), then a table of every cell to filter.
     web_page = page.render_page("\n".join([markdown, "", *_cells_section(context)]), out_dir, _interactive_figures(context))

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import pickle
+import signal
 from pathlib import Path
 
 import matplotlib
@@ -55,7 +61,9 @@ _BIASED_MARKERS = {"naive": "x", "gumbel_softmax": "s", "straight_through": "^",
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Save and close ``fig`` as a PNG at ``path``, replacing any earlier one whole."""
+    """Save and close ``fig`` as a PNG at ``path``, replacing any earlier one whole. Inside ``rendering()`` (as
+    while ``write_report`` runs) the drawing may finish in a worker process after this returns; ``rendering``
+    waits for it."""
     for ax in fig.axes:
         for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
             # Minor ticks on log axes spanning many decades cost seconds per figure and add nothing; on a
@@ -64,13 +72,108 @@ def save_figure(fig, path: Path) -> Path:
                 axis.set_minor_locator(matplotlib.ticker.NullLocator())
     # Via a temporary file and a rename: an interrupted render leaves the previous plot, not a truncated one.
     temporary = path.with_name(f".{path.name}.tmp")
+    plt.close(fig)  # closed first, so that a pickled copy does not register itself with pyplot where it is drawn
+    if _renderer is not None and _renderer.submit(fig, temporary, path):
+        return path
     try:
         fig.savefig(temporary, dpi=100, format="png")
         temporary.replace(path)
     finally:
-        plt.close(fig)
         temporary.unlink(missing_ok=True)
     return path
+
+
+class _Renderer:
+    """Draws figures in a pool of worker processes while the caller builds the next ones. A worker runs a pickled
+    copy's ``savefig`` into the temporary file (it imports only matplotlib, not the harness); the rename to the final
+    name happens here, once the file is complete, so a PNG under its final name is always whole."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = None
+        self.pending = []  # [future, figure (until it is drawn), temporary, path]
+
+    def submit(self, fig, temporary: Path, path: Path) -> bool:
+        """Queue ``fig``; False (draw it here) when no pool can be started."""
+        if self.pool is None and self.workers:
+            try:
+                # spawn, not fork: the parent may hold torch's threads (and their locks). Workers ignore Ctrl-C: it
+                # reaches the whole process group, and this process stops them.
+                self.pool = concurrent.futures.ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+            except (OSError, ValueError, NotImplementedError):
+                self.workers = 0
+        if not self.workers:
+            return False
+        try:
+            future = self.pool.submit(fig.savefig, temporary, dpi=100, format="png")
+        except RuntimeError:  # a broken pool (a worker died): draw here from now on
+            self.workers = 0
+            return False
+        self.pending.append([future, fig, temporary, path])
+        self._collect(block=False)
+        return True
+
+    def _collect(self, block: bool) -> None:
+        """Rename finished figures into place, in order; with ``block``, wait for all. A figure that could not be
+        sent (a user's figure holding something that does not pickle) is drawn here; a worker's error is raised."""
+        while self.pending and (block or self.pending[0][0].done()):
+            future, fig, temporary, path = self.pending[0]
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001
+                # Not sent (a user's figure holding something that does not pickle) or failed in the worker: drawn
+                # here, which raises the error itself if drawing fails.
+                fig.savefig(temporary, dpi=100, format="png")
+            temporary.replace(path)
+            self.pending.pop(0)
+
+    def finish(self) -> None:
+        """Wait for every queued figure and rename each into place; re-raise the first error."""
+        try:
+            self._collect(block=True)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop: drop queued figures, let running ones end, and remove every temporary file."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        for _, _, temporary, _ in self.pending:
+            temporary.unlink(missing_ok=True)
+        self.pending = []
+
+
+_renderer: _Renderer | None = None
+
+
+def rendering_workers() -> int:
+    """Worker processes worth drawing figures in: one per CPU this process may use, at most 2 (beyond that the
+    building of the figures, here, is the bottleneck); 1 means draw here."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cpus))
+
+
+@contextlib.contextmanager
+def rendering(workers: int = 1):
+    """Within the block, ``save_figure`` hands each figure to one of ``workers`` spawned processes to draw (with 1,
+    or nested, it draws at once); on leaving the block every figure is written, or, on an error or interrupt, none
+    is left half-written."""
+    global _renderer
+    if _renderer is not None or workers < 2:
+        yield
+        return
+    _renderer = renderer = _Renderer(workers)
+    try:
+        yield
+    except BaseException:
+        _renderer = None
+        renderer.close()
+        raise
+    _renderer = None
+    renderer.finish()
 
 
 def _positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
