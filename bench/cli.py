@@ -338,8 +338,11 @@ def _history(args: argparse.Namespace) -> int:
         claim.record()
     for _, row in analysis.changes.iterrows():
         print("  " + history.describe_change(row))
-    print(f"varbench: {len(analysis.changes)} change(s) in {analysis.n_series} series over {len(analysis.runs)} runs; "
-          f"summary in {summary}")  # fmt: skip
+    runs = len(analysis.runs)
+    # A single run has no series to test yet: say so rather than report "no change".
+    wait = "; a change needs at least 2 runs" if runs < 2 else ""
+    print(f"varbench: {len(analysis.changes)} change(s) in {analysis.n_series} series over {runs} run{'s' if runs != 1 else ''}"
+          f"{wait}; summary in {summary}")  # fmt: skip
     return 0
 
 
