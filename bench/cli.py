@@ -296,9 +296,7 @@ def _compare(args: argparse.Namespace) -> int:
         run_folder.ensure_writable(out)
         with run_folder.locked(out, "compare", wait_hint=""):
             claim = run_folder.claim(out, "compare", (regression.REGRESSIONS_CSV,))
-            temporary = out / f".{regression.REGRESSIONS_CSV}.tmp"
-            outcome.verdicts.to_csv(temporary, index=False)
-            os.replace(temporary, out / regression.REGRESSIONS_CSV)
+            run_folder.replace_whole(out / regression.REGRESSIONS_CSV, outcome.verdicts.to_csv(index=False).encode("utf-8"))
             claim.record()
         print(f"varbench: verdicts in {out / regression.REGRESSIONS_CSV}")
     return _fail_on_regressions(outcome)
@@ -398,7 +396,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _exact(args: argparse.Namespace) -> int:
     from . import exact_curves
-    from .report import plots, replace_whole
+    from .report import plots
 
     request = exact_curves.CurveRequest()
     changes: dict = {}
@@ -425,7 +423,7 @@ def _exact(args: argparse.Namespace) -> int:
     with run_folder.locked(out, "exact", wait_hint=""):
         claim = run_folder.claim(out, "exact", exact_curves.EXACT_FILES)
         frame = exact_curves.curves(request)
-        replace_whole(out / "exact.csv", frame.to_csv(index=False).encode("utf-8"))
+        run_folder.replace_whole(out / "exact.csv", frame.to_csv(index=False).encode("utf-8"))
         plots.exact_variance_curves(frame, out / "exact.png")
         claim.record()
     filled = int(frame["exact_var"].notna().sum())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -217,10 +216,9 @@ def check_store(folder: Path, *, create: bool, flag: str = "--history") -> Path:
 def _start_store(folder: Path) -> None:
     run_folder.ensure_writable(folder, "--history")
     if not (folder / MARKER).is_file():  # two jobs starting one history write the same marker: either wins
-        temporary = folder / f"{MARKER}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        temporary.write_text(json.dumps(dict(format=1, note="a varbench history: immutable parquet "
-                                             "files per run; `varbench history DIR` renders it")) + "\n")  # fmt: skip
-        os.replace(temporary, folder / MARKER)
+        marker = dict(format=1, note="a varbench history: immutable parquet files per run; "
+                                     "`varbench history DIR` renders it")  # fmt: skip
+        run_folder.replace_whole(folder / MARKER, (json.dumps(marker) + "\n").encode())
 
 
 def append_run(folder: Path, run: Run) -> Path:
@@ -512,9 +510,7 @@ def render(analysis: HistoryAnalysis, out: Path, *, order_given: bool = False) -
     out = Path(out)
 
     def write_text(name: str, text: str) -> None:
-        temporary = out / f".{name}.{os.getpid()}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, out / name)
+        run_folder.replace_whole(out / name, text.encode("utf-8"))
 
     columns = ["position", "run_id", "commit", "dirty", "run_date", "machine", "series", *SERIES[:-1], "value",
                "ci_low", "ci_high", "estimate", "se", "segment", "level", "verdict"]  # fmt: skip

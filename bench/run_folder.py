@@ -154,12 +154,20 @@ def _read_marker(folder: Path) -> dict | None:
     raise RunFolderError(f"{path} is not a marker varbench can read; move the folder away or choose another --out")
 
 
+def replace_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` via a temporary file and a rename, so it is never seen (or left) half-written."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _write_marker(folder: Path, command: str, files: set[str]) -> None:
     marker = dict(command=command, files=sorted(files),
                   note=f"written by `varbench {command}`: it replaces only the files listed here")  # fmt: skip
-    temporary = folder / f"{MARKER_NAME}.tmp"
-    temporary.write_text(json.dumps(marker, indent=1) + "\n")
-    os.replace(temporary, folder / MARKER_NAME)
+    replace_whole(folder / MARKER_NAME, (json.dumps(marker, indent=1) + "\n").encode())
 
 
 @dataclass(frozen=True)

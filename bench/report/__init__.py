@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -425,8 +424,8 @@ def write_report(out_dir: Path, workers: int = 1) -> Path:
     # The web page renders the same Markdown (so the same verdicts), then a table of every cell to filter.
     web_page = page.render_page("\n".join([markdown, "", *_cells_section(context)]), out_dir, _interactive_figures(context))
     path = out_dir / "report.md"
-    replace_whole(path, markdown.encode("utf-8"))
-    replace_whole(out_dir / "report.html", web_page.encode("utf-8"))
+    run_folder.replace_whole(path, markdown.encode("utf-8"))
+    run_folder.replace_whole(out_dir / "report.html", web_page.encode("utf-8"))
     return path
 
 
@@ -657,16 +656,6 @@ def _figure(path: Path, rows: pd.DataFrame | None = None, column: str | None = N
         if missing:
             lines += [f"*Not drawn (zero variance in every cell, no place on a log axis): {', '.join(missing)}.*", ""]
     return lines
-def replace_whole(path: Path, data: bytes) -> None:
-    """Write ``path`` via a temporary file and a rename, so it is never seen (or left) half-written."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _regression_section(out_dir: Path) -> list[str]:
     """Verdicts of `varbench regress` (regressions.csv beside the table), when this folder is a regression run."""
     path = out_dir / regression.REGRESSIONS_CSV
