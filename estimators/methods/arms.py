@@ -73,10 +73,8 @@ def arms(problem: Problem, theta: Tensor, n_samples: int) -> Tensor:
 def _applies(problem: Problem, n_samples: int) -> str | None:
     if n_samples < 2:
         return "ARMS couples N >= 2 samples per estimate through its copula (N = 1 has no partner)"
-    reason = _needs_bernoulli(problem, n_samples)
-    if reason is not None and reason.startswith("ARM/DisARM"):
-        return "ARMS is defined for Bernoulli (binary) latents; a K-way categorical is not binary"
-    return reason
+    return _needs_bernoulli(problem, n_samples, "ARMS is defined for Bernoulli (binary) latents; a K-way categorical "
+                                                "is not binary")  # fmt: skip
 
 
 ARMS = Estimator(

@@ -307,9 +307,7 @@ def relax(problem: Problem, theta: Tensor, n_samples: int, *, train_steps: float
     """ĝ = [f(b) − c_φ(z̃)] ∂log p(b) + ∂c_φ(z) − ∂c_φ(z̃), c_φ trained for ``train_steps`` Adam steps at θ   (RELAX)."""
     if train_steps < 0 or int(train_steps) != train_steps:
         raise ValueError(f"train_steps must be an integer >= 0, got {train_steps:g}")
-    first = theta.detach()[0]
-    if not bool((theta.detach() == first).all()):
-        raise ValueError("relax trains its control variate at one θ: every replicate must share it")
+    first = shared_theta(theta, "relax trains its control variate at one θ")
     control = relax_control(problem, first, int(train_steps))
     return _control_variate_surrogate(problem, theta, n_samples, control)
 
@@ -339,11 +337,23 @@ def _needs_differentiable_discrete(problem: Problem, n_samples: int) -> str | No
     return _needs_discrete(problem, n_samples)
 
 
-def _needs_bernoulli(problem: Problem, n_samples: int) -> str | None:
+def _needs_bernoulli(problem: Problem, n_samples: int,
+                     not_binary: str = "ARM/DisARM are defined for Bernoulli latents (the categorical extension, "
+                                       "ARSM, is not implemented)") -> str | None:  # fmt: skip
+    """Why an estimator for Bernoulli latents does not apply: the discrete problem's reason, or ``not_binary``."""
     reason = _needs_discrete(problem, n_samples)
     if reason is None and discrete_kind(problem) != BERNOULLI:
-        return "ARM/DisARM are defined for Bernoulli latents (the categorical extension, ARSM, is not implemented)"
+        return not_binary
     return reason
+
+
+def shared_theta(theta: Tensor, why: str) -> Tensor:
+    """The one θ every replicate of ``theta`` shares, for an estimator that fits something once per θ (``why``
+    says what, in the error when the replicates differ)."""
+    first = theta.detach()[0]
+    if not bool((theta.detach() == first).all()):
+        raise ValueError(f"{why}: every replicate must share it")
+    return first
 
 
 def _evaluations(count: int) -> Callable[[Problem], int]:

@@ -34,7 +34,7 @@ from ..core.distributions import draw_detached, weighted_score_sum
 from ..core.estimator import Estimator, ParameterRange
 from ..core.problem import Problem
 from .basic import leave_one_out_baseline
-from .discrete import _needs_bernoulli, _needs_differentiable_discrete
+from .discrete import _needs_bernoulli, _needs_differentiable_discrete, shared_theta
 
 
 def cost_and_slope(problem: Problem, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,9 +109,7 @@ def double_cv(problem: Problem, theta: Tensor, n_samples: int, *, pilot: float) 
     """ĝ = RLOO on r_n = f(x_n) + α ḡ_−nᵀ(x_n − μ), minus the global α ḡᵀ ∂_θ μ, α fitted on a pilot   (Titsias & Shi)."""
     if pilot < 0 or int(pilot) != pilot:
         raise ValueError(f"pilot must be an integer >= 0, got {pilot:g}")
-    first = theta.detach()[0]
-    if not bool((theta.detach() == first).all()):
-        raise ValueError("double_cv fits α at one θ: every replicate must share it")
+    first = shared_theta(theta, "double_cv fits α at one θ")
     alpha = fitted_alpha(problem, first, n_samples, int(pilot))
     rloo, taylor = double_cv_parts(problem, theta, n_samples)
     return rloo + alpha * taylor
@@ -120,9 +118,8 @@ def double_cv(problem: Problem, theta: Tensor, n_samples: int, *, pilot: float) 
 def _applies(problem: Problem, n_samples: int) -> str | None:
     if n_samples < 2:
         return "the leave-one-out baseline needs N >= 2 samples per estimate"
-    reason = _needs_bernoulli(problem, n_samples)
-    if reason is not None and reason.startswith("ARM/DisARM"):
-        return "the Taylor control variate's mean is derived here for Bernoulli latents only"
+    reason = _needs_bernoulli(problem, n_samples, "the Taylor control variate's mean is derived here for Bernoulli "
+                                                  "latents only")  # fmt: skip
     return reason or _needs_differentiable_discrete(problem, n_samples)
 
 
