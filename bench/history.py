@@ -32,7 +32,7 @@ from scipy import stats
 
 from . import run_folder
 from .cost import RUN_TO_RUN_LOG_SD
-from .regression import REGRESSIONS_CSV, SPEED_JSON, log_variance_se, machine_fingerprint
+from .regression import REGRESSIONS_CSV, SPEED_JSON, log_variance_se, machine_fingerprint, read_speed
 from .statistics import Z95
 from .table import TABLE_NAME, TableError, latest_rows, load_table, to_arrow, write_parquet_atomically
 
@@ -156,12 +156,10 @@ def read_run(folder: Path, verdicts: pd.DataFrame | None = None) -> Run:
         raise HistoryError(f"run folder {folder}: {error}") from None
     if not (table["status"] == "ok").any():
         raise HistoryError(f"run folder {folder}: its table has no ok cells to record")
-    speed = {}
-    if (folder / SPEED_JSON).is_file():
-        try:
-            speed = json.loads((folder / SPEED_JSON).read_text())
-        except ValueError as error:
-            raise HistoryError(f"run folder {folder}: {SPEED_JSON} is corrupt ({error})") from None
+    try:
+        speed = read_speed(folder / SPEED_JSON)
+    except ValueError as error:
+        raise HistoryError(f"run folder {folder}: {SPEED_JSON} is corrupt ({error})") from None
     if verdicts is None and (folder / REGRESSIONS_CSV).is_file():
         verdicts = pd.read_csv(folder / REGRESSIONS_CSV, keep_default_na=False, na_values=[""])
     ok = table[table["status"] == "ok"]

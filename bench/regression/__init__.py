@@ -400,6 +400,16 @@ def _typical_cost(bench: dict, relative: bool) -> float:
     return float(np.median(info.get("run_medians") or [bench["stats"]["median"]]))
 
 
+def read_speed(path: Path) -> dict:
+    """A saved pytest-benchmark run (speed.json), or {} where there is none; ValueError when it is not one."""
+    if not path.is_file():
+        return {}
+    speed = json.loads(path.read_text())
+    if not isinstance(speed, dict) or not isinstance(speed.get("benchmarks"), list):
+        raise ValueError("no 'benchmarks' list")
+    return speed
+
+
 def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:
     """(table, speed JSON, metadata) of a recorded baseline; BaselineError naming what is wrong otherwise."""
     folder = Path(folder)
@@ -417,14 +427,10 @@ def load_baseline(folder: Path) -> tuple[pd.DataFrame, dict, dict]:
         raise BaselineError(f"{error}; {_remedy(folder)}") from None
     if not len(table):
         raise BaselineError(f"baseline table {folder / TABLE_NAME} has no rows; {_remedy(folder)}")
-    speed: dict = {}
-    if (folder / SPEED_JSON).exists():
-        try:
-            speed = json.loads((folder / SPEED_JSON).read_text())
-            if not isinstance(speed, dict) or not isinstance(speed.get("benchmarks"), list):
-                raise ValueError("no 'benchmarks' list")
-        except ValueError as error:
-            raise BaselineError(f"baseline {folder / SPEED_JSON} is corrupt ({error}); {_remedy(folder)}") from None
+    try:
+        speed = read_speed(folder / SPEED_JSON)
+    except ValueError as error:
+        raise BaselineError(f"baseline {folder / SPEED_JSON} is corrupt ({error}); {_remedy(folder)}") from None
     return table, speed, meta
 
 
@@ -518,14 +524,10 @@ def load_run(folder: Path, flag: str) -> tuple[pd.DataFrame, dict]:
         raise TableError(f"{flag} {folder}: {error}") from None
     if not (table["status"] == "ok").any():
         raise TableError(f"{flag} {folder}: its results table has no ok cells to compare")
-    speed: dict = {}
-    if (folder / SPEED_JSON).is_file():
-        try:
-            speed = json.loads((folder / SPEED_JSON).read_text())
-            if not isinstance(speed, dict) or not isinstance(speed.get("benchmarks"), list):
-                raise ValueError("no 'benchmarks' list")
-        except ValueError as error:
-            raise TableError(f"{flag} {folder}: {folder / SPEED_JSON} is corrupt ({error})") from None
+    try:
+        speed = read_speed(folder / SPEED_JSON)
+    except ValueError as error:
+        raise TableError(f"{flag} {folder}: {folder / SPEED_JSON} is corrupt ({error})") from None
     return table, speed
 
 
